@@ -49,6 +49,12 @@ impl CreationRules {
                 "localpart '{localpart}' contains invalid characters"
             ));
         }
+        // Beyond upstream: RFC 5322 dot-atoms neither start nor end with a dot nor hold
+        // two in a row; other mail servers refuse such addresses, and `..` as a directory
+        // name invites mistakes in every tool that walks the mailboxes.
+        if localpart.starts_with('.') || localpart.ends_with('.') || localpart.contains("..") {
+            return Err(format!("localpart '{localpart}' is not a valid dot-atom"));
+        }
         Ok(())
     }
 }
@@ -125,6 +131,12 @@ mod tests {
             );
         }
         assert_eq!(rules.check("a.b_c-d9@x.org", "123456789"), Ok(()));
+        for bad in [".", "..", ".abc", "abc.", "a..b"] {
+            assert_eq!(
+                rules.check(&format!("{bad}@x.org"), "123456789"),
+                Err(format!("localpart '{bad}' is not a valid dot-atom")),
+            );
+        }
     }
 
     #[test]
