@@ -1,0 +1,81 @@
+//! What the machine must provide: Dovecot, root (to start Dovecot and switch to `vmail`),
+//! and the `vmail` system user the daemons and mail processes run as.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use nix::unistd::{Gid, Uid, User};
+
+/// Where Debian's `dovecot-core` installs the master binary.
+pub const DOVECOT: &str = "/usr/sbin/dovecot";
+/// Dovecot's administration tool (same package).
+pub const DOVEADM: &str = "/usr/bin/doveadm";
+
+/// The `vmail` user as the daemons and Dovecot's mail processes use it.
+#[derive(Debug, Clone, Copy)]
+pub struct Vmail {
+    /// Numeric user id, for `CommandExt::uid`, `chown` and Dovecot's `first_valid_uid`.
+    pub uid: Uid,
+    /// Numeric group id of the `vmail` group.
+    pub gid: Gid,
+}
+
+/// Checks that this machine can run the end-to-end tests and returns the `vmail` user.
+///
+/// Without Dovecot or root: panics when the `CI` variable is set (CI must not silently skip),
+/// otherwise prints why the current test is skipped and returns `None`.
+pub fn require_dovecot() -> Option<Vmail> {
+    let missing = if !Path::new(DOVECOT).exists() {
+        Some(format!("{DOVECOT} is missing (install dovecot-imapd)"))
+    } else if !Uid::effective().is_root() {
+        Some("not running as root (needed to start Dovecot and switch to vmail)".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        let in_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
+        if in_ci {
+            panic!("Dovecot is required in CI: .ci/run installs dovecot-imapd; but {why}");
+        }
+        let test = std::thread::current().name().unwrap_or("test").to_string();
+        eprintln!("skipping {test}: {why}");
+        return None;
+    }
+    Some(vmail())
+}
+
+/// Looks up `vmail`, creating it as a system user on first use; panics if that fails.
+fn vmail() -> Vmail {
+    static VMAIL: OnceLock<Vmail> = OnceLock::new();
+    static CREATE: Mutex<()> = Mutex::new(());
+    *VMAIL.get_or_init(|| {
+        let _guard = CREATE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(vmail) = lookup() {
+            return vmail;
+        }
+        let output = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", "vmail"])
+            .output()
+            .expect("cannot run useradd");
+        // Another process may have created it meanwhile; the lookup decides.
+        lookup().unwrap_or_else(|| {
+            panic!(
+                "cannot create the vmail user ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    })
+}
+
+fn lookup() -> Option<Vmail> {
+    let user = User::from_name("vmail").expect("cannot read the user database")?;
+    Some(Vmail {
+        uid: user.uid,
+        gid: user.gid,
+    })
+}

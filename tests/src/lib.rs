@@ -1,0 +1,25 @@
+//! End-to-end harness: runs the real Debian Dovecot on 127.0.0.1 against our doveauth and
+//! lastlogin daemons, the way a chatmail relay wires them, inside one temp dir per test.
+//!
+//! A test asks for a [`Relay`]; `Relay::start()` returns `None` (after printing why) when the
+//! machine cannot run Dovecot, so the tests skip on developer machines without it and fail
+//! loudly in CI (`CI` set), where `.ci/run` installs `dovecot-imapd`.
+//!
+//! Run with `cargo test -p chatmail-e2e` as root. Set `CHATMAIL_E2E_KEEP=1` to keep each
+//! relay's temp dir (dovecot.conf, chatmail.ini, all logs, the maildirs) for inspection.
+//!
+//! * [`binaries`]: builds and locates the daemons under test.
+//! * [`host`]: what the machine must provide (Dovecot, root, the `vmail` user).
+//! * [`dovecot_conf`]: the Dovecot configuration rendered for one relay.
+//! * [`relay`]: starts and stops one relay and gives tests its paths and logs.
+//! * [`imap`]: a minimal IMAP client, enough to log in.
+
+pub mod binaries;
+pub mod dovecot_conf;
+pub mod host;
+pub mod imap;
+pub mod relay;
+
+pub use host::{Vmail, require_dovecot};
+pub use imap::{Imap, Reply, Status, quote};
+pub use relay::{DOMAIN, Relay, poll_until};

@@ -1,0 +1,457 @@
+//! One test relay: doveauth and lastlogin running as `vmail`, and a Dovecot instance on
+//! 127.0.0.1 that uses them, all confined to a temp dir that is removed afterwards.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::binaries::binaries;
+use crate::dovecot_conf::{DovecotParams, render_auth_conf, render_dovecot_conf};
+use crate::host::{DOVEADM, DOVECOT, Vmail, require_dovecot};
+use crate::imap::{Imap, Reply};
+
+/// The relay's `mail_domain`. The leading underscore marks a test relay in chatmail's own
+/// conventions (self-signed TLS), `.localhost` is reserved (RFC 6761) so the name can never
+/// be a real domain, and Dovecot's `auth_username_chars` admits every character of it.
+pub const DOMAIN: &str = "_chat.localhost";
+
+/// How often and how long to poll for a daemon socket or the IMAP port: 200 × 50 ms = 10 s.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const POLL_ATTEMPTS: u32 = 200;
+
+/// Set this variable to keep each relay's temp dir (configs, logs, maildirs) for inspection.
+pub const KEEP_ENV: &str = "CHATMAIL_E2E_KEEP";
+
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A running test relay; dropping it stops every process and removes the temp dir.
+pub struct Relay {
+    /// The `vmail` user that owns mailboxes and runs the daemons.
+    vmail: Vmail,
+    /// `mailboxes_dir` of chatmail.ini.
+    mailboxes_dir: PathBuf,
+    /// `nocreate_file` of chatmail.ini; absent unless a test creates it.
+    nocreate_file: PathBuf,
+    /// Dovecot's configuration file, for `doveadm -c`.
+    dovecot_conf: PathBuf,
+    /// Dovecot's `log_path`.
+    dovecot_log: PathBuf,
+    /// Dovecot master's own stdout/stderr (errors before logging is set up).
+    dovecot_stderr: PathBuf,
+    /// doveauth's stderr (its log lines, e.g. `Created address: ...`).
+    doveauth_log: PathBuf,
+    /// lastlogin's stderr.
+    lastlogin_log: PathBuf,
+    /// Where Dovecot's IMAP listener accepts connections.
+    imap_addr: SocketAddr,
+    /// The Dovecot master process (`dovecot -F`), stopped first.
+    dovecot: Option<Child>,
+    /// The doveauth daemon.
+    doveauth: Option<Child>,
+    /// The lastlogin daemon.
+    lastlogin: Option<Child>,
+    /// The temp dir holding everything above; declared last so it is removed last.
+    dir: TempDir,
+}
+
+impl Relay {
+    /// Starts a relay, or returns `None` if this machine cannot run Dovecot (see
+    /// [`require_dovecot`]). Panics with the logs if anything fails to start.
+    pub fn start() -> Option<Relay> {
+        let vmail = require_dovecot()?;
+        let binaries = binaries();
+        let dir = tempfile::Builder::new()
+            .prefix("chatmail-e2e-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        // Dovecot's unprivileged processes and vmail must traverse it.
+        set_mode(dir.path(), 0o755);
+        let root = dir.path();
+        let mut relay = Relay {
+            vmail,
+            mailboxes_dir: root.join("mail").join(DOMAIN),
+            nocreate_file: root.join("nocreate"),
+            dovecot_conf: root.join("dovecot.conf"),
+            dovecot_log: root.join("dovecot.log"),
+            dovecot_stderr: root.join("dovecot.stderr"),
+            doveauth_log: root.join("doveauth.log"),
+            lastlogin_log: root.join("lastlogin.log"),
+            imap_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dovecot: None,
+            doveauth: None,
+            lastlogin: None,
+            dir,
+        };
+
+        fs::create_dir_all(&relay.mailboxes_dir).expect("cannot create mailboxes_dir");
+        relay.give_to_vmail(&relay.mailboxes_dir, 0o755);
+        let sockets = relay.path("daemons");
+        fs::create_dir(&sockets).expect("cannot create the daemons' socket dir");
+        relay.give_to_vmail(&sockets, 0o755);
+        let doveauth_socket = sockets.join("doveauth.socket");
+        let lastlogin_socket = sockets.join("lastlogin.socket");
+
+        let ini = relay.path("chatmail.ini");
+        relay.write_public(&ini, &relay.render_ini());
+        let auth_conf = relay.path("auth.conf");
+        relay.write_public(&auth_conf, &render_auth_conf(&doveauth_socket));
+
+        let doveauth = &relay.doveauth_log;
+        relay.doveauth =
+            Some(relay.start_daemon(&binaries.doveauth, &doveauth_socket, &ini, doveauth));
+        let lastlogin = &relay.lastlogin_log;
+        relay.lastlogin =
+            Some(relay.start_daemon(&binaries.lastlogin, &lastlogin_socket, &ini, lastlogin));
+
+        relay.start_dovecot(&auth_conf, &lastlogin_socket);
+        Some(relay)
+    }
+
+    /// The chatmail.ini of this relay: test paths and system limits that never refuse.
+    fn render_ini(&self) -> String {
+        format!(
+            "[params]\n\
+             mail_domain = {DOMAIN}\n\
+             mailboxes_dir = {mailboxes}\n\
+             passdb_path = {passdb}\n\
+             nocreate_file = {nocreate}\n\
+             max_load_1m = 1000\n\
+             min_available_memory = 0M\n\
+             min_free_disk_space = 0M\n",
+            mailboxes = self.mailboxes_dir.display(),
+            passdb = self.path("passdb.sqlite").display(),
+            nocreate = self.nocreate_file.display(),
+        )
+    }
+
+    /// Starts `binary SOCKET INI` as vmail with umask 077 (as upstream's systemd units do),
+    /// stdout and stderr to `log`, and waits until the socket accepts connections. Panics
+    /// with the logs (after killing the daemon) if it exits or does not listen in time.
+    fn start_daemon(&self, binary: &Path, socket: &Path, ini: &Path, log: &Path) -> Child {
+        let log = File::create(log).expect("cannot create a daemon log");
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", r#"umask 077 && exec "$0" "$@""#])
+            .arg(binary)
+            .arg(socket)
+            .arg(ini)
+            .uid(self.vmail.uid.as_raw())
+            .gid(self.vmail.gid.as_raw())
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cannot clone a daemon log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        let name = binary.display();
+        for _ in 0..POLL_ATTEMPTS {
+            if UnixStream::connect(socket).is_ok() {
+                return child;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{name} exited with {status} before listening\n{}",
+                    self.logs()
+                );
+            }
+            sleep(POLL_INTERVAL);
+        }
+        stop(&mut child);
+        panic!(
+            "{name} does not accept connections on {}\n{}",
+            socket.display(),
+            self.logs()
+        );
+    }
+
+    /// Renders dovecot.conf with a free port and starts Dovecot, retrying with another port
+    /// if someone else took the one found free.
+    fn start_dovecot(&mut self, auth_conf: &Path, lastlogin_socket: &Path) {
+        for _attempt in 0..3 {
+            let port = free_port();
+            self.imap_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let params = DovecotParams {
+                base_dir: self.path("dovecot-run"),
+                state_dir: self.path("dovecot-state"),
+                log_path: self.dovecot_log.clone(),
+                imap_port: port,
+                auth_conf: auth_conf.to_path_buf(),
+                mailboxes_dir: self.mailboxes_dir.clone(),
+                lastlogin_socket: lastlogin_socket.to_path_buf(),
+                vmail_uid: self.vmail.uid.as_raw(),
+            };
+            self.write_public(&self.dovecot_conf, &render_dovecot_conf(&params));
+            // A fresh log per attempt, so only this attempt's failure decides about a retry.
+            let _ = fs::remove_file(&self.dovecot_log);
+            let stderr = File::create(&self.dovecot_stderr).expect("cannot create dovecot.stderr");
+            let child = Command::new(DOVECOT)
+                .arg("-F")
+                .arg("-c")
+                .arg(&self.dovecot_conf)
+                .stdin(Stdio::null())
+                .stdout(stderr.try_clone().expect("cannot clone dovecot.stderr"))
+                .stderr(stderr)
+                .spawn()
+                .expect("cannot start dovecot");
+            self.dovecot = Some(child);
+            for _ in 0..POLL_ATTEMPTS {
+                // Dovecot logs "starting up" only once its listeners are bound, so a connect
+                // that succeeds before that may have reached another process on this port.
+                if self.dovecot_log().contains("starting up")
+                    && TcpStream::connect(self.imap_addr).is_ok()
+                {
+                    return;
+                }
+                let exited = self.dovecot.as_mut().map(Child::try_wait);
+                if let Some(Ok(Some(status))) = exited {
+                    self.dovecot = None;
+                    if self.dovecot_log().contains("Address already in use") {
+                        break;
+                    }
+                    panic!("dovecot exited with {status} at start\n{}", self.logs());
+                }
+                sleep(POLL_INTERVAL);
+            }
+            if self.dovecot.is_some() {
+                panic!(
+                    "dovecot does not listen on {}\n{}",
+                    self.imap_addr,
+                    self.logs()
+                );
+            }
+        }
+        panic!("dovecot found no free port\n{}", self.logs());
+    }
+
+    /// A path inside the relay's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `vmail` user.
+    pub fn vmail(&self) -> Vmail {
+        self.vmail
+    }
+
+    /// `localpart@DOMAIN`.
+    pub fn addr(&self, localpart: &str) -> String {
+        format!("{localpart}@{DOMAIN}")
+    }
+
+    /// `mailboxes_dir` of chatmail.ini.
+    pub fn mailboxes_dir(&self) -> &Path {
+        &self.mailboxes_dir
+    }
+
+    /// The maildir of an address.
+    pub fn maildir(&self, addr: &str) -> PathBuf {
+        self.mailboxes_dir.join(addr)
+    }
+
+    /// The password file of an address.
+    pub fn password_file(&self, addr: &str) -> PathBuf {
+        self.maildir(addr).join("password")
+    }
+
+    /// The names in `mailboxes_dir`, sorted.
+    pub fn mailbox_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.mailboxes_dir)
+            .expect("cannot list mailboxes_dir")
+            .map(|entry| {
+                entry
+                    .expect("cannot read mailboxes_dir")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `nocreate_file` of chatmail.ini: while it exists, no account is created.
+    pub fn nocreate_file(&self) -> &Path {
+        &self.nocreate_file
+    }
+
+    /// Where Dovecot accepts IMAP connections.
+    pub fn imap_addr(&self) -> SocketAddr {
+        self.imap_addr
+    }
+
+    /// A new IMAP connection, past the greeting; panics with the logs on failure.
+    pub fn imap(&self) -> Imap {
+        Imap::connect(self.imap_addr)
+            .unwrap_or_else(|err| panic!("IMAP connect failed: {err}\n{}", self.logs()))
+    }
+
+    /// Connects, logs in (logging out again after success) and returns LOGIN's reply;
+    /// panics with the logs on I/O errors.
+    pub fn login(&self, user: &str, password: &str) -> Reply {
+        let mut imap = self.imap();
+        let reply = imap
+            .login(user, password)
+            .unwrap_or_else(|err| panic!("IMAP LOGIN of {user} failed: {err}\n{}", self.logs()));
+        if reply.is_ok() {
+            imap.logout()
+                .unwrap_or_else(|err| panic!("IMAP LOGOUT failed: {err}\n{}", self.logs()));
+        }
+        reply
+    }
+
+    /// Runs `doveadm -c <dovecot.conf> ARGS` and returns its output.
+    pub fn doveadm(&self, args: &[&str]) -> Output {
+        Command::new(DOVEADM)
+            .arg("-c")
+            .arg(&self.dovecot_conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run doveadm")
+    }
+
+    /// Creates an account directory the way an older deployment left it: the maildir and
+    /// the `password` file, owned by vmail, with owner-only modes.
+    pub fn write_account(&self, addr: &str, password_file_content: &str) {
+        let maildir = self.maildir(addr);
+        fs::create_dir(&maildir).expect("cannot create maildir");
+        self.give_to_vmail(&maildir, 0o700);
+        let password = self.password_file(addr);
+        fs::write(&password, password_file_content).expect("cannot write password file");
+        self.give_to_vmail(&password, 0o600);
+    }
+
+    /// Dovecot's log file.
+    pub fn dovecot_log(&self) -> String {
+        read_lossy(&self.dovecot_log)
+    }
+
+    /// doveauth's stderr so far.
+    pub fn doveauth_log(&self) -> String {
+        read_lossy(&self.doveauth_log)
+    }
+
+    /// lastlogin's stderr so far.
+    pub fn lastlogin_log(&self) -> String {
+        read_lossy(&self.lastlogin_log)
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for (name, path) in [
+            ("dovecot log", &self.dovecot_log),
+            ("dovecot stderr", &self.dovecot_stderr),
+            ("doveauth stderr", &self.doveauth_log),
+            ("lastlogin stderr", &self.lastlogin_log),
+        ] {
+            all.push_str(&format!("----- {name} ({}) -----\n", path.display()));
+            all.push_str(&read_lossy(path));
+            if !all.ends_with('\n') {
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// Writes a root-owned file everyone may read (Dovecot's unprivileged processes and vmail
+    /// read the configuration).
+    fn write_public(&self, path: &Path, contents: &str) {
+        fs::write(path, contents)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+        set_mode(path, 0o644);
+    }
+
+    /// Hands a file or directory to vmail with the given mode.
+    fn give_to_vmail(&self, path: &Path, mode: u32) {
+        chown(
+            path,
+            Some(self.vmail.uid.as_raw()),
+            Some(self.vmail.gid.as_raw()),
+        )
+        .unwrap_or_else(|err| panic!("cannot chown {}: {err}", path.display()));
+        set_mode(path, mode);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dovecot first: its processes hold connections to the daemons.
+        for child in [&mut self.dovecot, &mut self.doveauth, &mut self.lastlogin] {
+            if let Some(mut child) = child.take() {
+                stop(&mut child);
+            }
+        }
+        if std::env::var_os(KEEP_ENV).is_some_and(|value| !value.is_empty()) {
+            self.dir.disable_cleanup(true);
+            eprintln!("{KEEP_ENV}: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+/// Sends SIGTERM, waits up to [`STOP_GRACE`], then kills.
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        sleep(POLL_INTERVAL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("cannot bind 127.0.0.1:0")
+        .port()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|err| panic!("cannot chmod {}: {err}", path.display()));
+}
+
+fn read_lossy(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => "(no file)\n".to_string(),
+        Err(err) => format!("(cannot read: {err})\n"),
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(POLL_INTERVAL);
+    }
+}
