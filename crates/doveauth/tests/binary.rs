@@ -54,13 +54,18 @@ impl Setup {
     /// Starts doveauth under `umask 077`, as the systemd unit does, with NOTIFY_SOCKET set,
     /// and waits for READY=1.
     fn start(&self) -> Running {
+        self.start_in_shell("umask 077")
+    }
+
+    /// Like [`Setup::start`], with `shell` run before the daemon is exec'd.
+    fn start_in_shell(&self, shell: &str) -> Running {
         let notify = UnixDatagram::bind(self.path("notify")).unwrap();
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg("umask 077; exec \"$0\" \"$@\"")
+            .arg(format!("{shell}; exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_doveauth"))
             .arg(self.path("doveauth.socket"))
             .arg(self.path("chatmail.ini"))
@@ -329,4 +334,63 @@ fn python3() -> Option<&'static str> {
     );
     eprintln!("SKIPPED: python3 not found; the lock interoperability test needs it");
     None
+}
+
+/// A full disk (here: a file size limit of 0, so every write of data fails): the creation
+/// answers F, leaves neither a password file nor a temporary file, and the daemon serves on.
+#[test]
+fn failed_password_write_loses_nothing_and_keeps_serving() {
+    let setup = Setup::new(&[]);
+    // SIGXFSZ ignored: the write fails with EFBIG instead of killing the daemon.
+    let running = setup.start_in_shell("umask 077; trap '' XFSZ; ulimit -f 0");
+    let existing = setup.path("mail").join(format!("existing0@{DOMAIN}"));
+    fs::create_dir_all(&existing).unwrap();
+    fs::write(existing.join("password"), "{SHA512-CRYPT}$6$salt$hash").unwrap();
+
+    let reply = running.request(&format!(
+        "Lshared/passdb/password123\"newuser00@{DOMAIN}\tnewuser00@{DOMAIN}\n"
+    ));
+    assert_eq!(reply, "F\n", "Dovecot reports a temporary failure");
+    let maildir = setup.path("mail").join(format!("newuser00@{DOMAIN}"));
+    let debris: Vec<_> = fs::read_dir(&maildir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("password") && name != "password.lock")
+        .collect();
+    assert!(debris.is_empty(), "no password, no temp file: {debris:?}");
+
+    let reply = running.request(&format!(
+        "Lshared/passdb/whatever\"existing0@{DOMAIN}\texisting0@{DOMAIN}\n"
+    ));
+    assert!(reply.contains("$6$salt$hash"), "{reply}");
+    let (status, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("lookup failed"), "{stderr}");
+}
+
+/// Under systemd (JOURNAL_STREAM set) lines carry a `<N>` priority that journald strips, so
+/// the journal shows upstream's bare text, e.g. `doveauth[1]: Created address: ...`.
+#[test]
+fn journald_lines_carry_syslog_priorities() {
+    let setup = Setup::new(&[]);
+    let running = setup.start_in_shell("umask 077; export JOURNAL_STREAM=8:8");
+    running.request(&format!(
+        "Lshared/passdb/password123\"journal00@{DOMAIN}\tjournal00@{DOMAIN}\n"
+    ));
+    running.request(&format!(
+        "Lshared/passdb/short\"journal11@{DOMAIN}\tjournal11@{DOMAIN}\n"
+    ));
+    let (_, stderr) = running.stop();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == format!("<6>Created address: journal00@{DOMAIN}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == "<4>Password needs to be at least 9 characters long"),
+        "{stderr}"
+    );
 }
