@@ -407,13 +407,32 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// A log-safe rendering of a request line: lossy UTF-8, control bytes escaped, cut short.
+/// A log-safe rendering of a request line: lossy UTF-8, control bytes escaped, cut short,
+/// and the text after `passdb/` hidden, because doveauth's passdb keys carry the password.
 fn printable(line: &[u8]) -> String {
     const MAX: usize = 200;
     let text = String::from_utf8_lossy(line.get(..MAX).unwrap_or(line));
-    let mut shown: String = text.escape_debug().collect();
+    let mut shown: String = match text.split_once("passdb/") {
+        Some((before, _secret)) => format!("{}passdb/<redacted>", before.escape_debug()),
+        None => text.escape_debug().collect(),
+    };
     if line.len() > MAX {
         shown.push_str("...");
     }
     shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn logged_lines_hide_passwords_and_control_bytes() {
+        assert_eq!(
+            printable(b"Lshared/passdb/secret\xff\"u@x\tu@x\n"),
+            "Lshared/passdb/<redacted>"
+        );
+        assert_eq!(printable(b"Ix\t0\n"), "Ix\\t0\\n");
+        assert!(printable(&[b'L'; 500]).ends_with("..."));
+    }
 }
