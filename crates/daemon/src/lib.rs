@@ -63,6 +63,23 @@ where
     }
 }
 
+/// Loads chatmail.ini for a daemon's `main`: logs each warning (unknown keys, ...) and,
+/// on error, the one-line reason, returning `None` so `main` exits non-zero.
+pub fn load_config(path: &std::path::Path) -> Option<chatmail_config::Config> {
+    match chatmail_config::Config::load(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
+            Some(config)
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            None
+        }
+    }
+}
+
 /// Tells systemd (Type=notify units) that the daemon is serving. Without `NOTIFY_SOCKET`
 /// this does nothing.
 pub fn notify_ready() {

@@ -10,6 +10,6 @@ pub mod server;
 
 pub use protocol::{LookupReply, ParseError, Request, parse_request};
 pub use server::{
-    ConnectionError, Handler, HandlerError, IterateRequest, IterateRow, Limits, Transaction, bind,
-    serve, serve_connection,
+    ConnectionError, Handler, HandlerError, IterateRequest, IterateRow, Limits, StartError,
+    Transaction, bind, run_daemon, serve, serve_connection,
 };

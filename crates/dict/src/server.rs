@@ -146,6 +146,52 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// Why a dict daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("cannot handle signals: {0}")]
+    Signals(#[source] io::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs a dict daemon the way systemd expects it: a tokio runtime with a bounded blocking
+/// pool, SIGTERM/SIGINT handlers installed before the socket is bound, READY=1 once
+/// listening, STOPPING=1 and the socket removed at exit.
+pub fn run_daemon<H: Handler>(
+    name: &str,
+    socket: &Path,
+    handler: H,
+    limits: Limits,
+    max_blocking_threads: usize,
+) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(max_blocking_threads)
+        .thread_name(name)
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(async {
+        let shutdown = chatmail_daemon::shutdown_signal().map_err(StartError::Signals)?;
+        let listener = bind(socket).map_err(|source| StartError::Bind {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+        tracing::info!("{name} listening on {}", socket.display());
+        chatmail_daemon::notify_ready();
+        serve(listener, Arc::new(handler), limits, shutdown).await;
+        chatmail_daemon::notify_stopping();
+        let _ = std::fs::remove_file(socket);
+        Ok(())
+    })
+}
+
 /// Serves connections from `listener` until `shutdown` completes, then lets connections
 /// finish their current request (up to `limits.shutdown_grace`) and returns.
 pub async fn serve<H: Handler>(

@@ -22,7 +22,7 @@ pub mod rules;
 pub mod syslimits;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chatmail_config::Config;
@@ -33,46 +33,31 @@ use tokio::net::UnixListener;
 pub use auth::{Authenticator, Settings};
 pub use handler::AuthHandler;
 
-/// Why the daemon could not start or had to stop.
+/// Why the daemon could not start.
 #[derive(Debug, Error)]
 pub enum DoveauthError {
     #[error("sqlite migration failed: {0}")]
     Migrate(#[from] migrate::MigrateError),
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start: {0}")]
-    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] chatmail_dict::StartError),
 }
+
+/// Threads for file reads, locks and hashing; creations beyond this wait their turn.
+const MAX_BLOCKING_THREADS: usize = 64;
 
 /// Runs doveauth as the `doveauth SOCKET INI` command does: migrate a legacy sqlite passdb
 /// if present, listen on `socket`, report readiness to systemd, serve until SIGTERM.
 pub fn run_daemon(socket: &Path, config: &Config) -> Result<(), DoveauthError> {
-    let settings = Settings::from_config(config);
-    let auth = Arc::new(Authenticator::new(settings));
+    let auth = Arc::new(Authenticator::new(Settings::from_config(config)));
     migrate::migrate_if_present(&config.passdb_path, auth.mailboxes())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(64)
-        .thread_name("doveauth")
-        .build()
-        .map_err(DoveauthError::Runtime)?;
-    runtime.block_on(async {
-        let shutdown = chatmail_daemon::shutdown_signal().map_err(DoveauthError::Runtime)?;
-        let listener = chatmail_dict::bind(socket).map_err(|source| DoveauthError::Bind {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-        tracing::info!("doveauth listening on {}", socket.display());
-        chatmail_daemon::notify_ready();
-        serve(listener, auth, shutdown).await;
-        chatmail_daemon::notify_stopping();
-        let _ = std::fs::remove_file(socket);
-        Ok(())
-    })
+    chatmail_dict::run_daemon(
+        "doveauth",
+        socket,
+        AuthHandler::new(auth),
+        Limits::default(),
+        MAX_BLOCKING_THREADS,
+    )?;
+    Ok(())
 }
 
 /// Serves doveauth's dict protocol on `listener` until `shutdown` completes.

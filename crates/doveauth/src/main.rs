@@ -18,16 +18,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     chatmail_daemon::init_logging();
-    let config = match chatmail_config::Config::load(&args.ini) {
-        Ok(config) => config,
-        Err(err) => {
-            tracing::error!("{err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = chatmail_daemon::load_config(&args.ini) else {
+        return ExitCode::FAILURE;
     };
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
     match doveauth::run_daemon(&args.socket, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

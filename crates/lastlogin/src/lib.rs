@@ -8,7 +8,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chatmail_config::Config;
@@ -112,42 +112,11 @@ impl Handler for LastLoginHandler {
     }
 }
 
-/// Why the daemon could not start.
-#[derive(Debug, Error)]
-pub enum LastLoginError {
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start: {0}")]
-    Runtime(#[source] std::io::Error),
-}
-
 /// Runs lastlogin as `lastlogin SOCKET INI` does: listen, report readiness, serve until
 /// SIGTERM.
-pub fn run_daemon(socket: &Path, config: &Config) -> Result<(), LastLoginError> {
-    let mailboxes = Mailboxes::new(config.mailboxes_dir.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(32)
-        .thread_name("lastlogin")
-        .build()
-        .map_err(LastLoginError::Runtime)?;
-    runtime.block_on(async {
-        let shutdown = chatmail_daemon::shutdown_signal().map_err(LastLoginError::Runtime)?;
-        let listener = chatmail_dict::bind(socket).map_err(|source| LastLoginError::Bind {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-        tracing::info!("lastlogin listening on {}", socket.display());
-        chatmail_daemon::notify_ready();
-        serve(listener, mailboxes, shutdown).await;
-        chatmail_daemon::notify_stopping();
-        let _ = std::fs::remove_file(socket);
-        Ok(())
-    })
+pub fn run_daemon(socket: &Path, config: &Config) -> Result<(), chatmail_dict::StartError> {
+    let handler = LastLoginHandler::new(Mailboxes::new(config.mailboxes_dir.clone()));
+    chatmail_dict::run_daemon("lastlogin", socket, handler, Limits::default(), 32)
 }
 
 /// Serves the last-login dict on `listener` until `shutdown` completes.
