@@ -15,6 +15,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/usr/local/lib/chatmaild/chatmail.ini";
 /// Default of [`Config::nocreate_file`], the path upstream hard-codes.
 pub const DEFAULT_NOCREATE_FILE: &str = "/etc/chatmail-nocreate";
 
+/// Upstream's hard-coded push notification gateway, the default of `notification_url`.
+pub const DEFAULT_NOTIFICATION_URL: &str = "https://notifications.delta.chat/notify";
+
 /// Where the TLS certificate comes from; decides the certificate paths and whether
 /// clients must be told to accept a self-signed certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +156,15 @@ pub struct Config {
     /// Whether the relay runs its own iroh relay: true exactly when `iroh_relay` is absent
     /// from the file (even an empty value means someone else's or none).
     pub enable_iroh_relay: bool,
+
+    /// Our extension, not an upstream key: where the metadata daemon POSTs push
+    /// notifications. Upstream hard-codes the URL; the key lets tests use a local server.
+    /// Key `notification_url`, default `https://notifications.delta.chat/notify`.
+    pub notification_url: String,
+    /// Our extension, not an upstream key: a PEM file of the CA certificates that the
+    /// notification server is verified against instead of the system roots; `None` means
+    /// the system roots. Key `notification_ca_file`, default absent (an empty value too).
+    pub notification_ca_file: Option<PathBuf>,
 
     /// Postal address for the privacy page (may span lines). Key `privacy_postal`, default
     /// absent.
@@ -345,6 +357,12 @@ impl Config {
             turn_socket_path: p.path("turn_socket_path", "/run/chatmail-turn/turn.socket")?,
             iroh_relay,
             enable_iroh_relay,
+            notification_url: p.url("notification_url", DEFAULT_NOTIFICATION_URL)?,
+            notification_ca_file: p
+                .take("notification_ca_file")
+                .map(py_strip)
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
             privacy_postal: p.take("privacy_postal").map(str::to_owned),
             privacy_mail: p.take("privacy_mail").map(str::to_owned),
             privacy_pdo: p.take("privacy_pdo").map(str::to_owned),
@@ -556,6 +574,19 @@ impl<'a> Params<'a> {
         match py_strip(value) {
             "" => Err(self.invalid(key, value, "a non-empty path".to_owned())),
             stripped => Ok(PathBuf::from(stripped)),
+        }
+    }
+
+    /// An `http://` or `https://` URL; anything else could never be posted to.
+    fn url(&mut self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.take(key).unwrap_or(default);
+        match py_strip(value) {
+            url if url.len() > "https://".len()
+                && (url.starts_with("https://") || url.starts_with("http://")) =>
+            {
+                Ok(url.to_owned())
+            }
+            _ => Err(self.invalid(key, value, "an https:// URL".to_owned())),
         }
     }
 

@@ -16,6 +16,8 @@ pub mod ini;
 pub mod size;
 mod values;
 
-pub use config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_NOCREATE_FILE, TlsCertMode};
+pub use config::{
+    Config, DEFAULT_CONFIG_PATH, DEFAULT_NOCREATE_FILE, DEFAULT_NOTIFICATION_URL, TlsCertMode,
+};
 pub use error::ConfigError;
 pub use size::parse_size_mb;

@@ -92,6 +92,12 @@ fn defaults() {
     );
     assert_eq!(c.iroh_relay, "https://chat.example.org");
     assert!(c.enable_iroh_relay);
+    assert_eq!(
+        c.notification_url,
+        "https://notifications.delta.chat/notify"
+    );
+    assert_eq!(c.notification_url, DEFAULT_NOTIFICATION_URL);
+    assert_eq!(c.notification_ca_file, None);
     assert_eq!(c.privacy_postal, None);
     assert_eq!(c.privacy_mail, None);
     assert_eq!(c.privacy_pdo, None);
@@ -570,6 +576,34 @@ fn iroh_relay_present_but_empty() {
     let c = parse("iroh_relay =\n");
     assert_eq!(c.iroh_relay, "");
     assert!(!c.enable_iroh_relay);
+}
+
+#[test]
+fn notification_keys() {
+    let c = parse(
+        "notification_url =  https://127.0.0.1:8443/notify  \nnotification_ca_file = /tmp/ca.pem\n",
+    );
+    assert_eq!(c.notification_url, "https://127.0.0.1:8443/notify");
+    assert_eq!(c.notification_ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+    assert!(c.unknown_keys.is_empty());
+    let c = parse("notification_ca_file =\n");
+    assert_eq!(c.notification_ca_file, None, "empty means the system roots");
+}
+
+#[test]
+fn notification_url_must_be_a_url() {
+    for value in [
+        "",
+        "notifications.delta.chat/notify",
+        "ftp://x/notify",
+        "https://",
+    ] {
+        assert_eq!(
+            error(&format!("notification_url = {value}\n")),
+            format!("{FILE}: key 'notification_url' has value '{value}', expected an https:// URL"),
+            "{value:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,414 @@
+//! Device tokens in `<mailboxes_dir>/<addr>/metadata.json`, shared with upstream's Python:
+//! the same JSON form, the same lock file and kind of lock, the same atomic rename, so both
+//! daemons may run on one tree.
+//!
+//! The file is a JSON object; `devicetoken` maps each token to the Unix time of its most
+//! recent SET. Old upstream versions wrote a JSON array of tokens instead; it is read and
+//! converted to the object form on the next modification. Other top-level keys are kept.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chatmail_mailbox::Mailboxes;
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::{Map, Value};
+
+use crate::MetadataError;
+use crate::json::to_python_json;
+
+/// Name of the per-user file.
+pub const METADATA_FILE: &str = "metadata.json";
+/// Upstream's `FileDict` lock: `<file>.lock`, an exclusive `flock` without timeout.
+pub const METADATA_LOCK_FILE: &str = "metadata.json.lock";
+/// Upstream writes here and renames over the file, under the lock (so one name suffices).
+pub const METADATA_TMP_FILE: &str = "metadata.json.tmp";
+/// The top-level key that holds the tokens.
+pub const DEVICETOKEN_KEY: &str = "devicetoken";
+
+/// A token expires this long after its last SET.
+pub const TOKEN_LIFETIME_SECS: i64 = 90 * 24 * 3600;
+/// Timestamps further than this in the future are invalid too (a clock that went back).
+pub const TOKEN_FUTURE_SLACK_SECS: i64 = 60;
+
+/// Whether a token set at `timestamp` is still valid at `now`: strictly inside
+/// `(now - 90 days, now + 60 s)`. A timestamp that is not a number is invalid.
+pub fn is_valid_timestamp(timestamp: &Value, now: i64) -> bool {
+    let Some(ts) = timestamp.as_f64() else {
+        return false;
+    };
+    ts > (now - TOKEN_LIFETIME_SECS) as f64 && ts < (now + TOKEN_FUTURE_SLACK_SECS) as f64
+}
+
+/// The token files of all users.
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    /// Validates addresses and locates maildirs.
+    mailboxes: Mailboxes,
+}
+
+impl TokenStore {
+    pub fn new(mailboxes: Mailboxes) -> Self {
+        TokenStore { mailboxes }
+    }
+
+    /// The maildir of `addr`, after checking the address is safe as a directory name.
+    fn maildir(&self, addr: &str) -> Result<PathBuf, MetadataError> {
+        Ok(self.mailboxes.user(addr)?.maildir().to_path_buf())
+    }
+
+    /// The path of the user's `metadata.json`.
+    pub fn path(&self, addr: &str) -> Result<PathBuf, MetadataError> {
+        Ok(self.maildir(addr)?.join(METADATA_FILE))
+    }
+
+    /// Adds (or refreshes) `token` for `addr` at `now`. Blocking: takes the file lock.
+    pub fn add_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
+        self.modify_tokens(addr, now, |tokens| {
+            // With preserve_order an existing key keeps its position: a refresh does not
+            // reorder the tokens, as in Python's dict.
+            tokens.insert(token.to_owned(), Value::from(now));
+        })
+    }
+
+    /// Removes `token` of `addr` (the notification server answered 410). Blocking.
+    pub fn remove_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
+        self.modify_tokens(addr, now, |tokens| {
+            // shift_remove keeps the order of the others, as Python's `del` does.
+            tokens.shift_remove(token);
+        })
+    }
+
+    /// The valid tokens of `addr` in file order. Reads without the lock, as upstream does;
+    /// when some tokens have expired or the file is in the legacy array form, the file is
+    /// rewritten under the lock. Blocking.
+    pub fn valid_tokens(&self, addr: &str, now: i64) -> Result<Vec<String>, MetadataError> {
+        let path = self.path(addr)?;
+        let data = read_dict(&path);
+        match data.get(DEVICETOKEN_KEY) {
+            Some(Value::Object(tokens)) => {
+                let valid: Vec<String> = tokens
+                    .iter()
+                    .filter(|(_, ts)| is_valid_timestamp(ts, now))
+                    .map(|(token, _)| token.clone())
+                    .collect();
+                if valid.len() < tokens.len() {
+                    self.modify_tokens(addr, now, |_| {})?;
+                }
+                Ok(valid)
+            }
+            Some(Value::Array(_)) => {
+                let mut valid = Vec::new();
+                self.modify_tokens(addr, now, |tokens| {
+                    valid = tokens.keys().cloned().collect();
+                })?;
+                Ok(valid)
+            }
+            None => Ok(Vec::new()),
+            Some(other) => {
+                tracing::warn!(
+                    "ignoring {DEVICETOKEN_KEY} of type {} in {path:?}",
+                    type_name(other)
+                );
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Upstream's `_modify_tokens`: under the lock, load, convert the legacy form, drop
+    /// invalid tokens, let `change` edit the tokens, save.
+    fn modify_tokens(
+        &self,
+        addr: &str,
+        now: i64,
+        change: impl FnOnce(&mut Map<String, Value>),
+    ) -> Result<(), MetadataError> {
+        let maildir = self.maildir(addr)?;
+        modify(&maildir, |data| {
+            let tokens = data
+                .entry(DEVICETOKEN_KEY)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Array(list) = tokens {
+                // The legacy form knows no times: every token counts as set now.
+                let converted: Map<String, Value> = list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|token| (token.to_owned(), Value::from(now)))
+                    .collect();
+                *tokens = Value::Object(converted);
+            }
+            if !tokens.is_object() {
+                // Python would crash on this; starting afresh is what an operator wants.
+                *tokens = Value::Object(Map::new());
+            }
+            if let Value::Object(tokens) = tokens {
+                tokens.retain(|_, ts| is_valid_timestamp(ts, now));
+                change(tokens);
+            }
+        })
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Upstream's `FileDict.read`: a missing file is `{}`; anything unreadable or not a JSON
+/// object is logged and treated as `{}` (and overwritten by the next modification).
+pub fn read_dict(path: &Path) -> Map<String, Value> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Map::new(),
+        Err(_) => {
+            warn_corrupt(path);
+            return Map::new();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            warn_corrupt(path);
+            Map::new()
+        }
+    }
+}
+
+fn warn_corrupt(path: &Path) {
+    tracing::warn!("corrupt serialization state at: '{}'", path.display());
+}
+
+/// Upstream's `FileDict.modify` on `<maildir>/metadata.json`: takes the exclusive `flock`
+/// on `metadata.json.lock` (waiting as long as it takes, as Python's `filelock` does), reads,
+/// applies `change`, writes `metadata.json.tmp` and renames it over the file. The lock is
+/// released when the function returns, or by the kernel if the process dies.
+pub fn modify(
+    maildir: &Path,
+    change: impl FnOnce(&mut Map<String, Value>),
+) -> Result<(), MetadataError> {
+    let lock_path = maildir.join(METADATA_LOCK_FILE);
+    let _lock = lock_exclusive(&lock_path)?;
+    let path = maildir.join(METADATA_FILE);
+    let mut data = read_dict(&path);
+    change(&mut data);
+    let text = to_python_json(&Value::Object(data));
+    let tmp = maildir.join(METADATA_TMP_FILE);
+    write_and_rename(&tmp, &path, text.as_bytes()).map_err(|source| MetadataError::Io {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn lock_exclusive(path: &Path) -> Result<Flock<File>, MetadataError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| MetadataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| MetadataError::Io {
+        path: path.to_owned(),
+        source: io::Error::from(errno),
+    })
+}
+
+/// Writes `tmp` fully and renames it over `path`; readers see the old or the new file.
+/// The data is synced first so a power loss cannot leave an empty file under the real name.
+fn write_and_rename(tmp: &Path, path: &Path, content: &[u8]) -> io::Result<()> {
+    let written = (|| {
+        let mut file = File::create(tmp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        fs::rename(tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+    const ADDR: &str = "user@example.org";
+
+    fn store() -> (tempfile::TempDir, TokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(ADDR)).unwrap();
+        let store = TokenStore::new(Mailboxes::new(dir.path()));
+        (dir, store)
+    }
+
+    fn file(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join(ADDR).join(METADATA_FILE)
+    }
+
+    #[test]
+    fn validity_window_is_strict() {
+        let v = |ts: i64| is_valid_timestamp(&Value::from(ts), NOW);
+        assert!(v(NOW));
+        assert!(v(NOW - TOKEN_LIFETIME_SECS + 1));
+        assert!(!v(NOW - TOKEN_LIFETIME_SECS));
+        assert!(v(NOW + 59));
+        assert!(!v(NOW + 60));
+        assert!(is_valid_timestamp(&serde_json::json!(1_700_000_000.5), NOW));
+        assert!(!is_valid_timestamp(&Value::from("1700000000"), NOW));
+    }
+
+    #[test]
+    fn add_writes_upstreams_format() {
+        let (dir, store) = store();
+        store.add_token(ADDR, "01234", NOW).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            r#"{"devicetoken": {"01234": 1700000000}}"#
+        );
+        store.add_token(ADDR, "5678", NOW + 1).unwrap();
+        store.add_token(ADDR, "01234", NOW + 2).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            r#"{"devicetoken": {"01234": 1700000002, "5678": 1700000001}}"#,
+            "a refresh keeps the position"
+        );
+        assert_eq!(
+            store.valid_tokens(ADDR, NOW + 2).unwrap(),
+            ["01234", "5678"]
+        );
+        assert!(dir.path().join(ADDR).join(METADATA_LOCK_FILE).exists());
+        assert!(!dir.path().join(ADDR).join(METADATA_TMP_FILE).exists());
+    }
+
+    #[test]
+    fn other_keys_are_preserved() {
+        let (dir, store) = store();
+        fs::write(
+            file(&dir),
+            r#"{"z": [1, "é"], "devicetoken": {}, "a": 1.5}"#,
+        )
+        .unwrap();
+        store.add_token(ADDR, "t", NOW).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            r#"{"z": [1, "\u00e9"], "devicetoken": {"t": 1700000000}, "a": 1.5}"#
+        );
+    }
+
+    #[test]
+    fn remove_keeps_the_order_of_the_others() {
+        let (dir, store) = store();
+        for (i, token) in ["a", "b", "c", "d"].iter().enumerate() {
+            store.add_token(ADDR, token, NOW + i as i64).unwrap();
+        }
+        store.remove_token(ADDR, "b", NOW + 5).unwrap();
+        store.remove_token(ADDR, "absent", NOW + 5).unwrap();
+        assert_eq!(store.valid_tokens(ADDR, NOW + 5).unwrap(), ["a", "c", "d"]);
+        assert!(
+            fs::read_to_string(file(&dir))
+                .unwrap()
+                .starts_with(r#"{"devicetoken": {"a": "#)
+        );
+    }
+
+    #[test]
+    fn expired_tokens_are_not_returned_and_are_dropped_from_the_file() {
+        let (dir, store) = store();
+        let old = NOW - TOKEN_LIFETIME_SECS;
+        fs::write(
+            file(&dir),
+            format!(
+                r#"{{"devicetoken": {{"old": {old}, "new": {NOW}, "future": {}}}}}"#,
+                NOW + 3600
+            ),
+        )
+        .unwrap();
+        assert_eq!(store.valid_tokens(ADDR, NOW).unwrap(), ["new"]);
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"new": {NOW}}}}}"#)
+        );
+    }
+
+    /// Legacy format: `devicetoken` as a list, read and migrated to the object form.
+    #[test]
+    fn legacy_list_is_read_and_migrated() {
+        let (dir, store) = store();
+        fs::write(file(&dir), r#"{"devicetoken": ["1111", "2222"]}"#).unwrap();
+        assert_eq!(store.valid_tokens(ADDR, NOW).unwrap(), ["1111", "2222"]);
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"1111": {NOW}, "2222": {NOW}}}}}"#)
+        );
+    }
+
+    #[test]
+    fn legacy_list_is_migrated_on_add() {
+        let (dir, store) = store();
+        fs::write(file(&dir), r#"{"devicetoken": ["1111"]}"#).unwrap();
+        store.add_token(ADDR, "2222", NOW).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"1111": {NOW}, "2222": {NOW}}}}}"#)
+        );
+    }
+
+    #[test]
+    fn missing_and_corrupt_files_are_empty() {
+        let (dir, store) = store();
+        assert!(store.valid_tokens(ADDR, NOW).unwrap().is_empty());
+        fs::write(file(&dir), "{not json").unwrap();
+        assert!(store.valid_tokens(ADDR, NOW).unwrap().is_empty());
+        store.add_token(ADDR, "t", NOW).unwrap();
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"t": {NOW}}}}}"#)
+        );
+        fs::write(file(&dir), r#"{"devicetoken": "weird"}"#).unwrap();
+        assert!(store.valid_tokens(ADDR, NOW).unwrap().is_empty());
+    }
+
+    #[test]
+    fn missing_maildir_is_an_error_and_bad_addresses_are_refused() {
+        let (_dir, store) = store();
+        assert!(store.add_token("nobody@example.org", "t", NOW).is_err());
+        assert!(
+            store
+                .valid_tokens("nobody@example.org", NOW)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.add_token("../x@example.org", "t", NOW).is_err());
+        assert!(store.valid_tokens("a/b@example.org", NOW).is_err());
+    }
+
+    #[test]
+    fn the_lock_excludes_another_holder() {
+        let (dir, store) = store();
+        let lock_path = dir.path().join(ADDR).join(METADATA_LOCK_FILE);
+        let held = lock_exclusive(&lock_path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            store.add_token(ADDR, "t", NOW).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the writer waits for the lock"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
+    }
+}
