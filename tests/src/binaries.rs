@@ -1,7 +1,7 @@
-//! Builds doveauth and lastlogin once per test process and finds their executables.
+//! Builds doveauth, lastlogin and chatmail-metadata once per test process and finds their executables.
 //!
 //! Cargo builds only the binaries of the package under test, so the harness runs
-//! `cargo build --bins -p doveauth -p lastlogin` itself; the workspace's lock and
+//! `cargo build --bins -p doveauth -p lastlogin -p chatmail-metadata` itself; the workspace's lock and
 //! fingerprints make this cheap when they are already up to date.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ pub struct Binaries {
     pub doveauth: PathBuf,
     /// The last-login dict daemon.
     pub lastlogin: PathBuf,
+    /// The IMAP METADATA dict daemon and push notifier.
+    pub metadata: PathBuf,
 }
 
 /// The workspace root: this crate lives in `<workspace>/tests`.
@@ -39,13 +41,22 @@ fn build() -> Result<Binaries, String> {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
-        .args(["build", "--bins", "-p", "doveauth", "-p", "lastlogin"])
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "doveauth",
+            "-p",
+            "lastlogin",
+            "-p",
+            "chatmail-metadata",
+        ])
         .current_dir(&root)
         .output()
         .map_err(|err| format!("cannot run {cargo:?} build: {err}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build of doveauth and lastlogin failed ({}):\n{}",
+            "cargo build of the daemons failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
@@ -69,5 +80,6 @@ fn build() -> Result<Binaries, String> {
     Ok(Binaries {
         doveauth: find("doveauth")?,
         lastlogin: find("lastlogin")?,
+        metadata: find("chatmail-metadata")?,
     })
 }

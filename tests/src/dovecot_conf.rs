@@ -29,6 +29,12 @@ pub struct DovecotParams {
     pub mailboxes_dir: PathBuf,
     /// lastlogin's unix socket.
     pub lastlogin_socket: PathBuf,
+    /// chatmail-metadata's unix socket (IMAP METADATA and the push hook).
+    pub metadata_socket: PathBuf,
+    /// Where Dovecot's LMTP listens (a unix socket; Postfix's place on a real relay).
+    pub lmtp_socket: PathBuf,
+    /// The push_notification Lua script shipped in packaging/dovecot/.
+    pub push_lua: PathBuf,
     /// The `vmail` uid: Dovecot refuses mail access below `first_valid_uid` (default 500),
     /// and a system user's uid may be lower than that (Debian counts them down from 999).
     pub vmail_uid: u32,
@@ -42,7 +48,7 @@ base_dir = {base_dir}
 state_dir = {state_dir}
 log_path = {log_path}
 listen = 127.0.0.1
-protocols = imap
+protocols = imap lmtp
 ssl = no
 disable_plaintext_auth = no
 
@@ -92,11 +98,30 @@ service imap-login {{
 }}
 protocol imap {{
   mail_plugins = $mail_plugins last_login
+  imap_metadata = yes
 }}
 plugin {{
   last_login_dict = proxy:{lastlogin_socket}:lastlogin
   last_login_precision = s
 }}
+
+# IMAP METADATA (device tokens, server keys) lives in chatmail-metadata.
+mail_attribute_dict = proxy:{metadata_socket}:metadata
+
+# Delivery: LMTP as vmail, and the Lua hook that asks chatmail-metadata for a push.
+protocol lmtp {{
+  mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+}}
+plugin {{
+  push_notification_driver = lua:file={push_lua}
+}}
+service lmtp {{
+  user = vmail
+  unix_listener {lmtp_socket} {{
+    mode = 0666
+  }}
+}}
+lmtp_add_received_header = no
 "#,
         base_dir = p.base_dir.display(),
         state_dir = p.state_dir.display(),
@@ -106,6 +131,9 @@ plugin {{
         mailboxes_dir = p.mailboxes_dir.display(),
         imap_port = p.imap_port,
         lastlogin_socket = p.lastlogin_socket.display(),
+        metadata_socket = p.metadata_socket.display(),
+        lmtp_socket = p.lmtp_socket.display(),
+        push_lua = p.push_lua.display(),
     )
 }
 

@@ -13,11 +13,15 @@
 //! * [`dovecot_conf`]: the Dovecot configuration rendered for one relay.
 //! * [`relay`]: starts and stops one relay and gives tests its paths and logs.
 //! * [`imap`]: a minimal IMAP client, enough to log in.
+//! * [`lmtp`]: a minimal LMTP client, to deliver a message as Postfix would.
+//! * [`gateway`]: a local push notification gateway that records what it receives.
 
 pub mod binaries;
 pub mod dovecot_conf;
+pub mod gateway;
 pub mod host;
 pub mod imap;
+pub mod lmtp;
 pub mod relay;
 
 pub use host::{Vmail, require_dovecot};

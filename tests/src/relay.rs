@@ -1,4 +1,5 @@
-//! One test relay: doveauth and lastlogin running as `vmail`, and a Dovecot instance on
+//! One test relay: doveauth, lastlogin and chatmail-metadata running as `vmail`, a local
+//! push gateway, and a Dovecot instance on
 //! 127.0.0.1 that uses them, all confined to a temp dir that is removed afterwards.
 
 use std::fs::{self, File};
@@ -18,6 +19,7 @@ use tempfile::TempDir;
 
 use crate::binaries::binaries;
 use crate::dovecot_conf::{DovecotParams, render_auth_conf, render_dovecot_conf};
+use crate::gateway::Gateway;
 use crate::host::{DOVEADM, DOVECOT, Vmail, require_dovecot};
 use crate::imap::{Imap, Reply};
 
@@ -54,6 +56,12 @@ pub struct Relay {
     doveauth_log: PathBuf,
     /// lastlogin's stderr.
     lastlogin_log: PathBuf,
+    /// chatmail-metadata's stderr.
+    metadata_log: PathBuf,
+    /// Dovecot's LMTP socket, for delivering test messages.
+    lmtp_socket: PathBuf,
+    /// The push gateway chatmail-metadata's `notification_url` points at.
+    gateway: Gateway,
     /// Where Dovecot's IMAP listener accepts connections.
     imap_addr: SocketAddr,
     /// The Dovecot master process (`dovecot -F`), stopped first.
@@ -62,6 +70,8 @@ pub struct Relay {
     doveauth: Option<Child>,
     /// The lastlogin daemon.
     lastlogin: Option<Child>,
+    /// The metadata daemon.
+    metadata: Option<Child>,
     /// The temp dir holding everything above; declared last so it is removed last.
     dir: TempDir,
 }
@@ -88,10 +98,14 @@ impl Relay {
             dovecot_stderr: root.join("dovecot.stderr"),
             doveauth_log: root.join("doveauth.log"),
             lastlogin_log: root.join("lastlogin.log"),
+            metadata_log: root.join("metadata.log"),
+            lmtp_socket: root.join("lmtp.socket"),
+            gateway: Gateway::start(),
             imap_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dovecot: None,
             doveauth: None,
             lastlogin: None,
+            metadata: None,
             dir,
         };
 
@@ -115,7 +129,12 @@ impl Relay {
         relay.lastlogin =
             Some(relay.start_daemon(&binaries.lastlogin, &lastlogin_socket, &ini, lastlogin));
 
-        relay.start_dovecot(&auth_conf, &lastlogin_socket);
+        let metadata_socket = sockets.join("metadata.socket");
+        let metadata = &relay.metadata_log;
+        relay.metadata =
+            Some(relay.start_daemon(&binaries.metadata, &metadata_socket, &ini, metadata));
+
+        relay.start_dovecot(&auth_conf, &lastlogin_socket, &metadata_socket);
         Some(relay)
     }
 
@@ -129,10 +148,12 @@ impl Relay {
              nocreate_file = {nocreate}\n\
              max_load_1m = 1000\n\
              min_available_memory = 0M\n\
-             min_free_disk_space = 0M\n",
+             min_free_disk_space = 0M\n\
+             notification_url = {gateway}\n",
             mailboxes = self.mailboxes_dir.display(),
             passdb = self.path("passdb.sqlite").display(),
             nocreate = self.nocreate_file.display(),
+            gateway = self.gateway.url(),
         )
     }
 
@@ -179,7 +200,7 @@ impl Relay {
 
     /// Renders dovecot.conf with a free port and starts Dovecot, retrying with another port
     /// if someone else took the one found free.
-    fn start_dovecot(&mut self, auth_conf: &Path, lastlogin_socket: &Path) {
+    fn start_dovecot(&mut self, auth_conf: &Path, lastlogin_socket: &Path, metadata_socket: &Path) {
         for _attempt in 0..3 {
             let port = free_port();
             self.imap_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -191,6 +212,10 @@ impl Relay {
                 auth_conf: auth_conf.to_path_buf(),
                 mailboxes_dir: self.mailboxes_dir.clone(),
                 lastlogin_socket: lastlogin_socket.to_path_buf(),
+                metadata_socket: metadata_socket.to_path_buf(),
+                lmtp_socket: self.lmtp_socket.clone(),
+                push_lua: crate::binaries::workspace_root()
+                    .join("packaging/dovecot/push_notification.lua"),
                 vmail_uid: self.vmail.uid.as_raw(),
             };
             self.write_public(&self.dovecot_conf, &render_dovecot_conf(&params));
@@ -266,7 +291,7 @@ impl Relay {
         self.maildir(addr).join("password")
     }
 
-    /// The names in `mailboxes_dir`, sorted.
+    /// The names in `mailboxes_dir` other than the push queue, sorted.
     pub fn mailbox_entries(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(&self.mailboxes_dir)
             .expect("cannot list mailboxes_dir")
@@ -277,6 +302,8 @@ impl Relay {
                     .to_string_lossy()
                     .into_owned()
             })
+            // chatmail-metadata's push queue, present from its start on.
+            .filter(|name| name != "pending_notifications")
             .collect();
         names.sort();
         names
@@ -344,6 +371,23 @@ impl Relay {
         read_lossy(&self.doveauth_log)
     }
 
+    /// chatmail-metadata's stderr so far.
+    pub fn metadata_log(&self) -> String {
+        read_lossy(&self.metadata_log)
+    }
+
+    /// Bodies of the push notifications the gateway received so far (one token each).
+    pub fn pushes(&self) -> Vec<String> {
+        self.gateway.bodies()
+    }
+
+    /// Delivers `message` (CRLF lines, without the final dot) from `from` to `to` through
+    /// Dovecot's LMTP, as Postfix does on a relay. Returns LMTP's final reply line.
+    pub fn deliver(&self, from: &str, to: &str, message: &str) -> String {
+        crate::lmtp::deliver(&self.lmtp_socket, from, to, message)
+            .unwrap_or_else(|err| panic!("LMTP delivery failed: {err}\n{}", self.logs()))
+    }
+
     /// lastlogin's stderr so far.
     pub fn lastlogin_log(&self) -> String {
         read_lossy(&self.lastlogin_log)
@@ -357,6 +401,7 @@ impl Relay {
             ("dovecot stderr", &self.dovecot_stderr),
             ("doveauth stderr", &self.doveauth_log),
             ("lastlogin stderr", &self.lastlogin_log),
+            ("chatmail-metadata stderr", &self.metadata_log),
         ] {
             all.push_str(&format!("----- {name} ({}) -----\n", path.display()));
             all.push_str(&read_lossy(path));
@@ -390,7 +435,12 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         // Dovecot first: its processes hold connections to the daemons.
-        for child in [&mut self.dovecot, &mut self.doveauth, &mut self.lastlogin] {
+        for child in [
+            &mut self.dovecot,
+            &mut self.doveauth,
+            &mut self.lastlogin,
+            &mut self.metadata,
+        ] {
             if let Some(mut child) = child.take() {
                 stop(&mut child);
             }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     };
     let imap = relay.imap_addr();
     println!(
-        "chatmail loopback relay is up: Dovecot with doveauth and lastlogin.
+        "chatmail loopback relay is up: Dovecot with doveauth, lastlogin and chatmail-metadata.
 
   IMAP        {imap} (no TLS; LOGIN and AUTHENTICATE PLAIN)
   domain      {DOMAIN}
@@ -34,9 +34,10 @@ fn main() -> ExitCode {
 
     printf 'a LOGIN abc123xyz@{DOMAIN} \"correct-horse\"\\r\\nb LOGOUT\\r\\n' | nc {ip} {port}
 
+  push        device tokens set with SETMETADATA are notified at a local gateway on delivery
   list them   doveadm -c {conf} user '*'
   files       {dir}
-              (chatmail.ini, dovecot.conf, dovecot.log, doveauth.log, lastlogin.log, mail/)
+              (chatmail.ini, dovecot.conf, *.log, lmtp.socket, mail/)
 
 Ctrl-C stops everything started here and removes {dir}.",
         ip = imap.ip(),
