@@ -1,0 +1,325 @@
+//! A small, lenient MIME walker: exactly what the encryption check needs, over bytes.
+//!
+//! Hand-written rather than `mail-parser` because the check's rules are about the raw
+//! structure (the *first* header of a name, leaf versus multipart, the decoded body bytes
+//! of a part, CRLF kept inside bodies) and must never allocate without bound or recurse
+//! without bound on hostile input; a fuzzer can drive this module directly. Header values
+//! are not RFC 2047-decoded: every value the check compares is ASCII.
+
+use base64::Engine as _;
+
+/// Multipart nesting deeper than this is treated as a leaf: no legitimate message needs
+/// it and recursion must stay bounded.
+const MAX_DEPTH: usize = 16;
+
+/// One MIME entity.
+#[derive(Debug, Clone)]
+pub struct Part<'a> {
+    /// Unfolded header fields in order, name as sent, value with surrounding blanks
+    /// trimmed; 8-bit bytes are replaced, since only ASCII values are ever compared.
+    headers: Vec<(String, String)>,
+    /// Lower-cased `type/subtype`, `text/plain` when missing (RFC 2045 §5.2).
+    content_type: String,
+    /// The body as sent (before transfer decoding).
+    body: &'a [u8],
+    /// Sub-parts, `Some` iff the content type is `multipart/*` (even with none found).
+    children: Option<Vec<Part<'a>>>,
+}
+
+impl<'a> Part<'a> {
+    /// Parses a whole message. Never fails: like upstream's lenient parser, anything is a
+    /// message, at worst one without headers.
+    pub fn parse(message: &'a [u8]) -> Part<'a> {
+        parse_entity(message, 0)
+    }
+
+    /// The value of the first header field called `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    pub fn is_multipart(&self) -> bool {
+        self.children.is_some()
+    }
+
+    /// Sub-parts of a multipart (empty for a leaf).
+    pub fn children(&self) -> &[Part<'a>] {
+        self.children.as_deref().unwrap_or(&[])
+    }
+
+    /// The body after Content-Transfer-Encoding decoding (base64, quoted-printable; any
+    /// other encoding is identity). Broken base64 decodes leniently, as mail readers do.
+    pub fn decoded_body(&self) -> Vec<u8> {
+        let encoding = self
+            .header("content-transfer-encoding")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match encoding.as_str() {
+            "base64" => decode_base64_lenient(self.body),
+            "quoted-printable" => decode_quoted_printable(self.body),
+            _ => self.body.to_vec(),
+        }
+    }
+}
+
+fn parse_entity(entity: &[u8], depth: usize) -> Part<'_> {
+    let (header_block, body) = split_header(entity);
+    let headers = parse_headers(header_block);
+    let content_type_value = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let (content_type, boundary) = parse_content_type(content_type_value);
+    let children = if content_type.starts_with("multipart/") && depth < MAX_DEPTH {
+        Some(
+            boundary
+                .map(|boundary| {
+                    split_multipart(body, boundary.as_bytes())
+                        .into_iter()
+                        .map(|part| parse_entity(part, depth + 1))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
+    Part {
+        headers,
+        content_type,
+        body,
+        children,
+    }
+}
+
+/// Splits at the first empty line (CRLF or bare LF line ends are both accepted: two
+/// upstream fixtures use LF). No empty line: everything is header, the body is empty.
+fn split_header(entity: &[u8]) -> (&[u8], &[u8]) {
+    // A part may start with its empty line directly (no headers).
+    if let Some(body) = entity.strip_prefix(b"\r\n") {
+        return (&[], body);
+    }
+    if let Some(body) = entity.strip_prefix(b"\n") {
+        return (&[], body);
+    }
+    let mut start = 0;
+    while let Some(pos) = memchr(b'\n', entity.get(start..).unwrap_or(&[])) {
+        let line_end = start + pos + 1;
+        let rest = entity.get(line_end..).unwrap_or(&[]);
+        if let Some(body) = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.strip_prefix(b"\n"))
+        {
+            return (entity.get(..line_end).unwrap_or(&[]), body);
+        }
+        start = line_end;
+    }
+    (entity, &[])
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+/// Unfolds the header block into `(name, value)` pairs; lines without a colon are skipped.
+fn parse_headers(block: &[u8]) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(line);
+        if text.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(text.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            fields.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    for (_, value) in &mut fields {
+        let trimmed = value.trim();
+        if trimmed.len() != value.len() {
+            *value = trimmed.to_owned();
+        }
+    }
+    fields
+}
+
+/// `type/subtype` lower-cased and the `boundary` parameter, if any.
+fn parse_content_type(value: &str) -> (String, Option<String>) {
+    let mut params = value.split(';');
+    let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = if media.contains('/') {
+        media
+    } else {
+        "text/plain".to_owned()
+    };
+    let boundary = params.find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_owned())
+            .filter(|b| !b.is_empty())
+    });
+    (media, boundary)
+}
+
+/// The body parts between `--boundary` delimiter lines; the line break before a delimiter
+/// belongs to the delimiter (RFC 2046 §5.1.1). Preamble and epilogue are dropped; a
+/// missing close delimiter ends the last part at the end of the body.
+fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::new();
+    // Start offset of the current part's content, once the first delimiter was seen.
+    let mut current: Option<usize> = None;
+    let mut line_start = 0;
+    while line_start <= body.len() {
+        let rest = body.get(line_start..).unwrap_or(&[]);
+        let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+        let line = rest.get(..line_len).unwrap_or(&[]);
+        let next = line_start + line_len;
+        if let Some(after) = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+        {
+            let closing = after.starts_with(b"--");
+            let tail = if closing {
+                after.get(2..).unwrap_or(&[])
+            } else {
+                after
+            };
+            if tail.iter().all(|b| b.is_ascii_whitespace()) {
+                if let Some(start) = current {
+                    // Drop the line break that precedes the delimiter.
+                    let mut end = line_start;
+                    if end > start && body.get(end - 1) == Some(&b'\n') {
+                        end -= 1;
+                        if end > start && body.get(end - 1) == Some(&b'\r') {
+                            end -= 1;
+                        }
+                    }
+                    parts.push(body.get(start..end).unwrap_or(&[]));
+                }
+                if closing {
+                    return parts;
+                }
+                current = Some(next);
+            }
+        }
+        if line_len == 0 {
+            break;
+        }
+        line_start = next;
+    }
+    if let Some(start) = current {
+        parts.push(body.get(start..).unwrap_or(&[]));
+    }
+    parts
+}
+
+/// Base64 with line breaks and stray characters skipped, padding optional.
+fn decode_base64_lenient(body: &[u8]) -> Vec<u8> {
+    let clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    // A dangling single sextet cannot decode; drop it rather than the whole body.
+    let usable = clean.len() - usize::from(clean.len() % 4 == 1);
+    engine
+        .decode(clean.get(..usable).unwrap_or(&[]))
+        .unwrap_or_default()
+}
+
+fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        if b != b'=' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        match (body.get(i + 1), body.get(i + 2)) {
+            (Some(b'\r'), Some(b'\n')) => i += 3,
+            (Some(b'\n'), _) => i += 2,
+            (Some(&h), Some(&l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                out.push(hex(h) << 4 | hex(l));
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn hex(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit.wrapping_sub(b'A').wrapping_add(10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn walks_nested_multiparts() {
+        let msg = b"Content-Type: multipart/mixed; boundary=\"a\"\r\n\r\npre\r\n--a\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n--a\r\nContent-Type: Text/Plain\r\n\r\nhello\r\n--a--\r\nepilogue";
+        let part = Part::parse(msg);
+        assert_eq!(part.content_type(), "multipart/mixed");
+        assert_eq!(part.children().len(), 2);
+        assert!(part.children()[0].is_multipart());
+        assert_eq!(part.children()[0].children()[0].decoded_body(), b"x");
+        assert_eq!(part.children()[1].content_type(), "text/plain");
+        assert_eq!(part.children()[1].decoded_body(), b"hello");
+    }
+
+    #[test]
+    fn first_header_wins_and_folding_is_undone() {
+        let part = Part::parse(b"Subject: one\r\n two\r\nsubject: three\r\n\r\nbody");
+        assert_eq!(part.header("SUBJECT"), Some("one two"));
+        assert_eq!(part.decoded_body(), b"body");
+    }
+
+    #[test]
+    fn decodes_transfer_encodings() {
+        let b64 = Part::parse(b"Content-Transfer-Encoding: BASE64\r\n\r\naGVs\r\nbG8=\r\n");
+        assert_eq!(b64.decoded_body(), b"hello");
+        let qp = Part::parse(b"Content-Transfer-Encoding: quoted-printable\r\n\r\na=3Db=\r\nc");
+        assert_eq!(qp.decoded_body(), b"a=bc");
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let mut msg = Vec::new();
+        for _ in 0..10_000 {
+            msg.extend_from_slice(b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n");
+        }
+        let _ = Part::parse(&msg);
+    }
+}
