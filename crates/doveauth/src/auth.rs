@@ -85,6 +85,18 @@ impl Authenticator {
         addr.ends_with(&self.domain_suffix)
     }
 
+    /// The record of an existing local account; `None` for anything else (unknown, other
+    /// domain, invalid address), without logging: the full lookup decides about those.
+    pub fn existing(&self, addr: &str) -> Result<Option<UserRecord>, AuthError> {
+        if !self.is_local(addr) {
+            return Ok(None);
+        }
+        match self.mailboxes.user(addr) {
+            Ok(user) => Ok(user.record()?),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The userdb record of an existing account.
     pub fn userdb(&self, addr: &str) -> Result<Option<UserRecord>, AuthError> {
         if !self.is_local(addr) {
