@@ -200,10 +200,14 @@ async fn handle_connection(stream: TcpStream, filter: &Filter) -> std::io::Resul
 }
 
 impl Session<'_> {
+    /// Sends one reply in one write: Postfix's proxy client closes right after its QUIT, and
+    /// a reply split over two writes would hit the reset between them.
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(text.len() + 2);
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
         let stream = self.reader.get_mut();
-        stream.write_all(text.as_bytes()).await?;
-        stream.write_all(b"\r\n").await?;
+        stream.write_all(&line).await?;
         stream.flush().await
     }
 
@@ -255,7 +259,16 @@ impl Session<'_> {
             }
             Command::Noop => self.reply("250 OK").await?,
             Command::Quit => {
-                self.reply("221 OK").await?;
+                // The client may close without reading the goodbye (Postfix's proxy client
+                // does): a reset here ends a finished session, it is no error.
+                if let Err(err) = self.reply("221 OK").await {
+                    if !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        return Err(err);
+                    }
+                }
                 return Ok(Flow::Close);
             }
             Command::Unknown => self.reply("500 Command not recognized").await?,
