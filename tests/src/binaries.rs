@@ -1,8 +1,10 @@
-//! Builds doveauth, lastlogin and chatmail-metadata once per test process and finds their executables.
+//! Builds doveauth, lastlogin, chatmail-metadata and filtermail once per test process and
+//! finds their executables.
 //!
 //! Cargo builds only the binaries of the package under test, so the harness runs
-//! `cargo build --bins -p doveauth -p lastlogin -p chatmail-metadata` itself; the workspace's lock and
-//! fingerprints make this cheap when they are already up to date.
+//! `cargo build --bins -p doveauth -p lastlogin -p chatmail-metadata -p chatmail-filtermail`
+//! itself; the workspace's lock and fingerprints make this cheap when they are already up
+//! to date.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +19,8 @@ pub struct Binaries {
     pub lastlogin: PathBuf,
     /// The IMAP METADATA dict daemon and push notifier.
     pub metadata: PathBuf,
+    /// The before-queue SMTP filter (`filtermail INI outgoing|incoming`).
+    pub filtermail: PathBuf,
 }
 
 /// The workspace root: this crate lives in `<workspace>/tests`.
@@ -50,6 +54,8 @@ fn build() -> Result<Binaries, String> {
             "lastlogin",
             "-p",
             "chatmail-metadata",
+            "-p",
+            "chatmail-filtermail",
         ])
         .current_dir(&root)
         .output()
@@ -81,5 +87,6 @@ fn build() -> Result<Binaries, String> {
         doveauth: find("doveauth")?,
         lastlogin: find("lastlogin")?,
         metadata: find("chatmail-metadata")?,
+        filtermail: find("filtermail")?,
     })
 }

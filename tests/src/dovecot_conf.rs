@@ -3,7 +3,8 @@
 //! It keeps the parts of a chatmail relay's Dovecot setup that involve our daemons (dict
 //! passdb/userdb, the `last_login` plugin, the vmail auth worker, the username characters)
 //! and replaces the rest with what a throw-away instance on 127.0.0.1 needs: every path in
-//! the test's temp dir, one IMAP port, no TLS, no LMTP, no login delays.
+//! the test's temp dir, one IMAP port, no TLS, LMTP and SASL on unix sockets, no login
+//! delays.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,8 @@ pub struct DovecotParams {
     pub metadata_socket: PathBuf,
     /// Where Dovecot's LMTP listens (a unix socket; Postfix's place on a real relay).
     pub lmtp_socket: PathBuf,
+    /// Where Dovecot's SASL server listens for Postfix (`smtpd_sasl_type = dovecot`).
+    pub sasl_socket: PathBuf,
     /// The push_notification Lua script shipped in packaging/dovecot/.
     pub push_lua: PathBuf,
     /// The `vmail` uid: Dovecot refuses mail access below `first_valid_uid` (default 500),
@@ -122,6 +125,13 @@ service lmtp {{
   }}
 }}
 lmtp_add_received_header = no
+
+# SASL for Postfix's submission service (the filtermail tests), as on a relay.
+service auth {{
+  unix_listener {sasl_socket} {{
+    mode = 0666
+  }}
+}}
 "#,
         base_dir = p.base_dir.display(),
         state_dir = p.state_dir.display(),
@@ -133,6 +143,7 @@ lmtp_add_received_header = no
         lastlogin_socket = p.lastlogin_socket.display(),
         metadata_socket = p.metadata_socket.display(),
         lmtp_socket = p.lmtp_socket.display(),
+        sasl_socket = p.sasl_socket.display(),
         push_lua = p.push_lua.display(),
     )
 }

@@ -1,5 +1,6 @@
-//! What the machine must provide: Dovecot, root (to start Dovecot and switch to `vmail`),
-//! and the `vmail` system user the daemons and mail processes run as.
+//! What the machine must provide: Dovecot (and Postfix for the filtermail tests), root (to
+//! start them and switch to `vmail`), and the `vmail` system user the daemons and mail
+//! processes run as.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,10 @@ use nix::unistd::{Gid, Uid, User};
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
 /// Dovecot's administration tool (same package).
 pub const DOVEADM: &str = "/usr/bin/doveadm";
+
+/// Debian's `postfix` package: the administration command and the master daemon.
+pub const POSTFIX: &str = "/usr/sbin/postfix";
+pub const POSTFIX_MASTER: &str = "/usr/lib/postfix/sbin/master";
 
 /// The `vmail` user as the daemons and Dovecot's mail processes use it.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,30 @@ pub fn require_dovecot() -> Option<Vmail> {
         return None;
     }
     Some(vmail())
+}
+
+/// Checks that this machine can run Postfix next to Dovecot (the Postfix binaries and its
+/// `postfix` user here; Dovecot and root through [`require_dovecot`]): `None` after
+/// printing why the current test is skipped, or a panic when `CI` is set, as
+/// [`require_dovecot`] does.
+pub fn require_postfix() -> Option<Vmail> {
+    let missing = if !Path::new(POSTFIX).exists() || !Path::new(POSTFIX_MASTER).exists() {
+        Some(format!("{POSTFIX_MASTER} is missing (install postfix)"))
+    } else if User::from_name("postfix").ok().flatten().is_none() {
+        Some("the postfix user is missing (reinstall postfix)".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        let in_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
+        if in_ci {
+            panic!("Postfix is required in CI: .ci/run installs postfix; but {why}");
+        }
+        let test = std::thread::current().name().unwrap_or("test").to_string();
+        eprintln!("skipping {test}: {why}");
+        return None;
+    }
+    require_dovecot()
 }
 
 /// Looks up `vmail`, creating it as a system user on first use; panics if that fails.

@@ -5,6 +5,10 @@
 //! machine cannot run Dovecot, so the tests skip on developer machines without it and fail
 //! loudly in CI (`CI` set), where `.ci/run` installs `dovecot-imapd`.
 //!
+//! The filtermail tests ask for a [`MailRelay`] instead: the same relay with a private
+//! Debian Postfix in front and filtermail as its `smtpd_proxy_filter`; it skips (or fails in
+//! CI) the same way when Postfix is missing.
+//!
 //! Run with `cargo test -p chatmail-e2e` as root. Set `CHATMAIL_E2E_KEEP=1` to keep each
 //! relay's temp dir (dovecot.conf, chatmail.ini, all logs, the maildirs) for inspection.
 //!
@@ -14,6 +18,9 @@
 //! * [`relay`]: starts and stops one relay and gives tests its paths and logs.
 //! * [`imap`]: a minimal IMAP client, enough to log in.
 //! * [`lmtp`]: a minimal LMTP client, to deliver a message as Postfix would.
+//! * [`postfix`]: a relay with the real Postfix in front, filtermail as its
+//!   `smtpd_proxy_filter` (skipped like Dovecot when Postfix is missing).
+//! * [`smtp`]: a minimal SMTP client, to submit mail as a client or a remote MTA would.
 //! * [`gateway`]: a local push notification gateway that records what it receives.
 
 pub mod binaries;
@@ -22,8 +29,12 @@ pub mod gateway;
 pub mod host;
 pub mod imap;
 pub mod lmtp;
+pub mod postfix;
 pub mod relay;
+pub mod smtp;
 
-pub use host::{Vmail, require_dovecot};
+pub use host::{Vmail, require_dovecot, require_postfix};
 pub use imap::{Imap, Reply, Status, quote};
+pub use postfix::MailRelay;
 pub use relay::{DOMAIN, Relay, poll_until};
+pub use smtp::{Sent, Smtp, SmtpReply, readdress};

@@ -80,6 +80,12 @@ impl Relay {
     /// Starts a relay, or returns `None` if this machine cannot run Dovecot (see
     /// [`require_dovecot`]). Panics with the logs if anything fails to start.
     pub fn start() -> Option<Relay> {
+        Relay::start_with_ini("")
+    }
+
+    /// Like [`Relay::start`], with `extra_ini` (`key = value` lines) appended to the
+    /// `[params]` section of chatmail.ini, e.g. filtermail's ports and limits.
+    pub fn start_with_ini(extra_ini: &str) -> Option<Relay> {
         let vmail = require_dovecot()?;
         let binaries = binaries();
         let dir = tempfile::Builder::new()
@@ -118,7 +124,7 @@ impl Relay {
         let lastlogin_socket = sockets.join("lastlogin.socket");
 
         let ini = relay.path("chatmail.ini");
-        relay.write_public(&ini, &relay.render_ini());
+        relay.write_public(&ini, &format!("{}{extra_ini}", relay.render_ini()));
         let auth_conf = relay.path("auth.conf");
         relay.write_public(&auth_conf, &render_auth_conf(&doveauth_socket));
 
@@ -214,6 +220,7 @@ impl Relay {
                 lastlogin_socket: lastlogin_socket.to_path_buf(),
                 metadata_socket: metadata_socket.to_path_buf(),
                 lmtp_socket: self.lmtp_socket.clone(),
+                sasl_socket: self.path("sasl.socket"),
                 push_lua: crate::binaries::workspace_root()
                     .join("packaging/dovecot/push_notification.lua"),
                 vmail_uid: self.vmail.uid.as_raw(),
@@ -414,14 +421,14 @@ impl Relay {
 
     /// Writes a root-owned file everyone may read (Dovecot's unprivileged processes and vmail
     /// read the configuration).
-    fn write_public(&self, path: &Path, contents: &str) {
+    pub(crate) fn write_public(&self, path: &Path, contents: &str) {
         fs::write(path, contents)
             .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
         set_mode(path, 0o644);
     }
 
     /// Hands a file or directory to vmail with the given mode.
-    fn give_to_vmail(&self, path: &Path, mode: u32) {
+    pub(crate) fn give_to_vmail(&self, path: &Path, mode: u32) {
         chown(
             path,
             Some(self.vmail.uid.as_raw()),
@@ -453,7 +460,7 @@ impl Drop for Relay {
 }
 
 /// Sends SIGTERM, waits up to [`STOP_GRACE`], then kills.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -472,19 +479,19 @@ fn stop(child: &mut Child) {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("cannot bind 127.0.0.1:0")
         .port()
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub(crate) fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|err| panic!("cannot chmod {}: {err}", path.display()));
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(crate) fn read_lossy(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(err) if err.kind() == io::ErrorKind::NotFound => "(no file)\n".to_string(),
