@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::hash::hash_password;
 use crate::rules::CreationRules;
-use crate::syslimits::{self, Readings, SystemLimits};
+use crate::syslimits::{self, CachedReadings, SystemLimits};
 
 /// How long a first login waits for a concurrent creation of the same address (upstream:
 /// 5 seconds).
@@ -60,13 +60,19 @@ pub struct Authenticator {
     settings: Settings,
     mailboxes: Mailboxes,
     domain_suffix: String,
+    /// System-limit readings, shared by creations within one second.
+    readings: CachedReadings,
 }
+
+/// How long one reading of the system limits serves further creations.
+const READINGS_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl Authenticator {
     pub fn new(settings: Settings) -> Authenticator {
         Authenticator {
             mailboxes: Mailboxes::new(settings.mailboxes_dir.clone()),
             domain_suffix: format!("@{}", settings.mail_domain),
+            readings: CachedReadings::new(settings.mailboxes_dir.clone(), READINGS_MAX_AGE),
             settings,
         }
     }
@@ -137,7 +143,7 @@ impl Authenticator {
             tracing::warn!("password of {addr} contains NUL; not creating the account");
             return Ok(None);
         }
-        let readings = Readings::read(&self.settings.mailboxes_dir);
+        let readings = self.readings.get();
         if let Err(refusal) = syslimits::check(&self.settings.limits, &readings) {
             tracing::warn!("registration rejected: {refusal}");
             return Ok(None);

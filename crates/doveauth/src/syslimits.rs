@@ -5,7 +5,9 @@
 //! Reading is split from judging so the rules are tested with any numbers.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Thresholds from chatmail.ini.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,42 @@ impl Readings {
             load_1m: read_load_1m(Path::new("/proc/loadavg")),
             available_memory_mb: read_available_memory_mb(Path::new("/proc/meminfo")),
             free_disk_mb: read_free_disk_mb(mailboxes_dir),
+        }
+    }
+}
+
+/// Readings shared by the creations of one moment. The load average moves every 5 s and
+/// memory and disk change slowly, while `/proc/meminfo` costs tens of microseconds to
+/// generate: during a burst of first logins one reading per interval is enough.
+#[derive(Debug)]
+pub struct CachedReadings {
+    mailboxes_dir: PathBuf,
+    max_age: Duration,
+    latest: Mutex<Option<(Instant, Arc<Readings>)>>,
+}
+
+impl CachedReadings {
+    pub fn new(mailboxes_dir: PathBuf, max_age: Duration) -> CachedReadings {
+        CachedReadings {
+            mailboxes_dir,
+            max_age,
+            latest: Mutex::new(None),
+        }
+    }
+
+    /// The latest readings, taken anew when older than `max_age`. Blocking.
+    pub fn get(&self) -> Arc<Readings> {
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*latest {
+            Some((taken, readings)) if taken.elapsed() < self.max_age => readings.clone(),
+            _ => {
+                let readings = Arc::new(Readings::read(&self.mailboxes_dir));
+                *latest = Some((Instant::now(), readings.clone()));
+                readings
+            }
         }
     }
 }
@@ -193,6 +231,18 @@ mod tests {
             check(&limits(0.0, 0, 10), &no_load),
             Err("free disk 5MB < 10MB".into()),
             "a failing load reading does not disable the disk check"
+        );
+    }
+
+    #[test]
+    fn cached_readings_are_reused_then_refreshed() {
+        let cache = CachedReadings::new(PathBuf::from("/"), Duration::from_millis(100));
+        let first = cache.get();
+        assert!(Arc::ptr_eq(&first, &cache.get()), "reused within max_age");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !Arc::ptr_eq(&first, &cache.get()),
+            "taken anew after max_age"
         );
     }
 
