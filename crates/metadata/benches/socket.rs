@@ -1,0 +1,776 @@
+//! Load benchmark of the `chatmail-metadata` binary over its unix socket: devicetoken SET
+//! transactions each followed by a LOOKUP at 1, 8 and 64 connections, then `messagenew`
+//! SETs for users with one token each, delivered to a local HTTP/1.1 gateway; with pairs/s,
+//! p50/p99 latencies, notifications/s at the gateway and the daemon's idle and peak RSS.
+//!
+//! `cargo bench -p chatmail-metadata --bench socket`
+//!
+//! - `BENCH_SECONDS` (default 5): duration of each scenario.
+//!
+//! One request in flight per connection: send a transaction or lookup, read the reply
+//! line, record the latency. The load generator and the gateway run on the same machine as
+//! the daemon. Without `--bench` (as `cargo test --all-targets` runs it) it does a short
+//! smoke run.
+
+#![allow(clippy::indexing_slicing, clippy::string_slice)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const DOMAIN: &str = "chat.example.org";
+/// Users of the devicetoken scenarios, spread over the connections.
+const USERS: usize = 1000;
+/// Users with one token each, the recipients of `messagenew`.
+const NOTIFY_USERS: usize = 100;
+/// Connections sending `messagenew`.
+const NOTIFY_CONNECTIONS: usize = 8;
+const HELLO: &[u8] = b"H2\t2\t0\t\tmetadata\n";
+/// Bound on a single reply and on the daemon's start-up.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the wait for the notification queue to drain after the load stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// /proc reports CPU times in USER_HZ, which is 100 on Linux.
+const USER_HZ: f64 = 100.0;
+/// Upstream's figures (../shared/figures.md): connections, pairs/s, set p99 ms, get p99 ms.
+const UPSTREAM: &[(usize, f64, f64, f64)] = &[
+    (1, 700.0, 2.1, 0.4),
+    (8, 730.0, 21.0, 8.8),
+    (64, 580.0, 202.0, 80.0),
+];
+const UPSTREAM_RSS_IDLE_MIB: f64 = 30.0;
+const UPSTREAM_RSS_PEAK_MIB: f64 = 37.0;
+
+const PAIR_CONNECTIONS: &[usize] = &[1, 8, 64];
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let seconds: f64 = match std::env::var("BENCH_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .expect("BENCH_SECONDS must be a number of seconds"),
+        Err(_) if bench_mode => 5.0,
+        Err(_) => 0.2,
+    };
+    let duration = Duration::from_secs_f64(seconds);
+    print_header(bench_mode, seconds);
+
+    let gateway = Gateway::start();
+    let relay = Relay::new(gateway.port);
+    let bin = env!("CARGO_BIN_EXE_chatmail-metadata");
+    let mut daemon = relay.start(bin);
+    let pid = daemon.pid();
+    thread::sleep(Duration::from_millis(300));
+    let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let socket = relay.path("metadata.socket");
+
+    let mut pairs = Vec::new();
+    for &connections in PAIR_CONNECTIONS {
+        eprintln!("devicetoken SET+LOOKUP x{connections} for {duration:?}");
+        let m = run_pairs(&socket, pid, connections, duration);
+        assert!(daemon.alive(), "chatmail-metadata died:\n{}", relay.log());
+        if let Some(err) = &m.first_error {
+            eprintln!("  {} errors, first: {err}", m.errors);
+        }
+        pairs.push((connections, m));
+    }
+
+    eprintln!("messagenew x{NOTIFY_CONNECTIONS} for {duration:?}");
+    let notify = run_notify(&socket, pid, &gateway, duration);
+    assert!(daemon.alive(), "chatmail-metadata died:\n{}", relay.log());
+    if let Some(err) = &notify.first_error {
+        eprintln!("  {} errors, first: {err}", notify.errors);
+    }
+
+    let peak_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let threads = proc_status_kib(pid, "Threads:").unwrap_or(0);
+    drop(daemon);
+    print_report(
+        &pairs,
+        &notify,
+        idle_rss_kib,
+        peak_rss_kib,
+        threads,
+        &format!("{bin} SOCKET INI"),
+        seconds,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Header
+
+fn print_header(bench_mode: bool, seconds: f64) {
+    let mut command = String::new();
+    if let Ok(value) = std::env::var("BENCH_SECONDS") {
+        let _ = write!(command, "BENCH_SECONDS={value} ");
+    }
+    command.push_str(if bench_mode {
+        "cargo bench -p chatmail-metadata --bench socket"
+    } else {
+        "cargo test -p chatmail-metadata --bench socket   (smoke run; use cargo bench for figures)"
+    });
+    let argv: Vec<String> = std::env::args().collect();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "?".to_owned());
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let mem_total = proc_status_kib_of("/proc/meminfo", "MemTotal:").unwrap_or(0);
+    println!("# chatmail-metadata socket benchmark");
+    println!();
+    println!("- command: `{command}`");
+    println!("- argv: `{}`", argv.join(" "));
+    println!("- date: {date}");
+    println!(
+        "- machine: nproc {nproc}, {cpu}, {:.1} GiB RAM, Linux {kernel}",
+        mem_total as f64 / 1024.0 / 1024.0
+    );
+    println!("- load average at start: {}", read_trimmed("/proc/loadavg"));
+    println!(
+        "- {seconds} s per scenario, {USERS} users for the devicetoken pairs, {NOTIFY_USERS} \
+         users with one token for messagenew, one request in flight per connection, load \
+         generator and HTTP gateway on the same cores"
+    );
+    println!();
+}
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// Notification gateway
+
+/// A plain HTTP/1.1 server on 127.0.0.1: a thread per connection, keep-alive, every
+/// request answered 200 with an empty body; counts the request bodies.
+struct Gateway {
+    port: u16,
+    bodies: Arc<AtomicU64>,
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway");
+        let port = listener.local_addr().expect("gateway address").port();
+        let bodies = Arc::new(AtomicU64::new(0));
+        let counter = bodies.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let counter = counter.clone();
+                thread::spawn(move || serve_http(stream, &counter));
+            }
+        });
+        Gateway { port, bodies }
+    }
+
+    fn received(&self) -> u64 {
+        self.bodies.load(Ordering::Relaxed)
+    }
+}
+
+fn serve_http(stream: TcpStream, bodies: &AtomicU64) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let mut line = String::new();
+    let mut body = Vec::new();
+    loop {
+        let mut content_length = 0usize;
+        // Request line and headers, up to the empty line.
+        let mut first = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                if first {
+                    continue; // stray CRLF between requests
+                }
+                break;
+            }
+            first = false;
+            if let Some((name, value)) = trimmed.split_once(':')
+                && name.trim().eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        body.resize(content_length, 0);
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        bodies.fetch_add(1, Ordering::Relaxed);
+        if writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemon
+
+/// The daemon process; killed when dropped, so a panic leaves nothing running.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary relay: chatmail.ini and the maildirs of every user.
+struct Relay {
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn new(gateway_port: u16) -> Relay {
+        let dir = tempfile::Builder::new()
+            .prefix("metadata-bench")
+            .tempdir()
+            .expect("temp dir");
+        let mail = dir.path().join("mail");
+        let ini = format!(
+            "[params]\n\
+             mail_domain = {DOMAIN}\n\
+             mailboxes_dir = {}\n\
+             notification_url = http://127.0.0.1:{gateway_port}/notify\n",
+            mail.display(),
+        );
+        fs::write(dir.path().join("chatmail.ini"), ini).expect("write chatmail.ini");
+        for i in 0..USERS {
+            fs::create_dir_all(mail.join(pair_user(i))).expect("create maildir");
+        }
+        for i in 0..NOTIFY_USERS {
+            fs::create_dir_all(mail.join(notify_user(i))).expect("create maildir");
+        }
+        Relay { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start(&self, bin: &str) -> Daemon {
+        let socket = self.path("metadata.socket");
+        let ini = self.path("chatmail.ini");
+        let log = fs::File::create(self.path("daemon.log")).expect("daemon log");
+        let notify_path = self.path("notify");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let child = Command::new(bin)
+            .arg(&socket)
+            .arg(&ini)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chatmail-metadata");
+        let daemon = Daemon { child };
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).unwrap_or_else(|err| {
+            panic!(
+                "no READY=1 from chatmail-metadata within {IO_TIMEOUT:?}: {err}\n{}",
+                self.log()
+            )
+        });
+        assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+        daemon
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+}
+
+fn pair_user(i: usize) -> String {
+    format!("u{i:06}@{DOMAIN}")
+}
+
+fn notify_user(i: usize) -> String {
+    format!("n{i:06}@{DOMAIN}")
+}
+
+/// A numeric field of /proc/<pid>/status (kB for the Vm* fields).
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    proc_status_kib_of(&format!("/proc/{pid}/status"), key)
+}
+
+fn proc_status_kib_of(path: &str, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let Ok(stat) = fs::read_to_string(stat_path) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / USER_HZ
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// A connection to the daemon that has said hello.
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    (&stream).write_all(HELLO)?;
+    Ok(stream)
+}
+
+/// One request, one reply line: the latency, or an error message.
+fn exchange(
+    reader: &mut BufReader<&UnixStream>,
+    request: &str,
+    reply: &mut String,
+    expect: impl Fn(&str) -> bool,
+) -> Result<Duration, String> {
+    reply.clear();
+    let start = Instant::now();
+    let mut writer: &UnixStream = reader.get_ref();
+    let outcome = writer
+        .write_all(request.as_bytes())
+        .and_then(|()| reader.read_line(reply));
+    let latency = start.elapsed();
+    match outcome {
+        Ok(_) if reply.ends_with('\n') && expect(reply) => Ok(latency),
+        Ok(_) => Err(format!("unexpected reply {reply:?} to {request:?}")),
+        Err(err) => Err(format!("io: {err}")),
+    }
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    set: Vec<Duration>,
+    get: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl WorkerResult {
+    fn fail(&mut self, err: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(err);
+    }
+}
+
+struct Measured {
+    /// Completed pairs, or completed messagenew transactions.
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    set_p50: Duration,
+    set_p99: Duration,
+    get_p50: Duration,
+    get_p99: Duration,
+    daemon_cores: f64,
+    client_cores: f64,
+    rss_after_kib: u64,
+}
+
+impl Measured {
+    fn per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `work(index, barrier)` on `n` threads; the clock starts when all have connected.
+fn measure(pid: u32, n: usize, work: impl Fn(usize, &Barrier) -> WorkerResult + Sync) -> Measured {
+    let barrier = Barrier::new(n + 1);
+    let daemon_stat = format!("/proc/{pid}/stat");
+    let (results, elapsed, daemon_cpu, client_cpu) = thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let barrier = &barrier;
+                let work = &work;
+                s.spawn(move || work(i, barrier))
+            })
+            .collect();
+        barrier.wait();
+        let daemon_cpu0 = cpu_seconds(&daemon_stat);
+        let client_cpu0 = cpu_seconds("/proc/self/stat");
+        let start = Instant::now();
+        let results: Vec<WorkerResult> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let elapsed = start.elapsed();
+        let daemon_cpu = cpu_seconds(&daemon_stat) - daemon_cpu0;
+        let client_cpu = cpu_seconds("/proc/self/stat") - client_cpu0;
+        (results, elapsed, daemon_cpu, client_cpu)
+    });
+    let mut set = Vec::new();
+    let mut get = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for r in results {
+        set.extend(r.set);
+        get.extend(r.get);
+        errors += r.errors;
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    set.sort_unstable();
+    get.sort_unstable();
+    Measured {
+        ok: if get.is_empty() { set.len() } else { get.len() } as u64,
+        errors,
+        first_error,
+        elapsed,
+        set_p50: percentile(&set, 0.50),
+        set_p99: percentile(&set, 0.99),
+        get_p50: percentile(&get, 0.50),
+        get_p99: percentile(&get, 0.99),
+        daemon_cores: daemon_cpu / elapsed.as_secs_f64(),
+        client_cores: client_cpu / elapsed.as_secs_f64(),
+        rss_after_kib: proc_status_kib(pid, "VmRSS:").unwrap_or(0),
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Scenario 1: a devicetoken SET transaction then a LOOKUP of the same user, repeated;
+/// connection `i` of `n` uses users `i`, `i + n`, `i + 2n`, … in turn, three tokens each.
+fn run_pairs(socket: &Path, pid: u32, n: usize, duration: Duration) -> Measured {
+    measure(pid, n, |index, barrier| {
+        let mut result = WorkerResult::default();
+        let connected = connect(socket);
+        barrier.wait();
+        let stream = match connected {
+            Ok(stream) => stream,
+            Err(err) => {
+                result.fail(format!("connect: {err}"));
+                return result;
+            }
+        };
+        let users: Vec<String> = (index..USERS).step_by(n).map(pair_user).collect();
+        let mut reader = BufReader::new(&stream);
+        let mut request = String::with_capacity(256);
+        let mut reply = String::with_capacity(256);
+        let deadline = Instant::now() + duration;
+        let mut k = 0usize;
+        while Instant::now() < deadline {
+            let user = &users[k % users.len()];
+            let token = format!("tok{index}x{}", (k / users.len()) % 3);
+            request.clear();
+            let _ = write!(
+                request,
+                "B{k}\t{user}\nS{k}\tpriv/5cbe730f146fea6535be0d003dd4fc98/devicetoken\t{token}\nC{k}\n"
+            );
+            match exchange(&mut reader, &request, &mut reply, |r| r == "O\n") {
+                Ok(latency) => result.set.push(latency),
+                Err(err) => {
+                    result.fail(err);
+                    break;
+                }
+            }
+            request.clear();
+            let _ = writeln!(
+                request,
+                "Lpriv/5cbe730f146fea6535be0d003dd4fc98/devicetoken\t{user}"
+            );
+            let token = &token;
+            match exchange(&mut reader, &request, &mut reply, |r| {
+                r.starts_with('O') && r.contains(token.as_str())
+            }) {
+                Ok(latency) => result.get.push(latency),
+                Err(err) => {
+                    result.fail(err);
+                    break;
+                }
+            }
+            k += 1;
+        }
+        result
+    })
+}
+
+struct Notify {
+    load: Measured,
+    /// Bodies at the gateway during the load, and by the end of the drain.
+    delivered_in_load: u64,
+    delivered_total: u64,
+    /// From the start of the load to the last body counted (or the drain's bound).
+    until_drained: Duration,
+    drained: bool,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Scenario 2: [`NOTIFY_USERS`] users with one token each; `messagenew` SETs for them in
+/// turn on [`NOTIFY_CONNECTIONS`] connections; the gateway counts what arrives.
+fn run_notify(socket: &Path, pid: u32, gateway: &Gateway, duration: Duration) -> Notify {
+    // One token per user.
+    let stream = connect(socket).expect("connect");
+    let mut reader = BufReader::new(&stream);
+    let mut reply = String::new();
+    for i in 0..NOTIFY_USERS {
+        let user = notify_user(i);
+        let request = format!("B1\t{user}\nS1\tpriv/g/devicetoken\tnotify-{i}\nC1\n");
+        exchange(&mut reader, &request, &mut reply, |r| r == "O\n").expect("set token");
+    }
+    drop(reader);
+    drop(stream);
+    thread::sleep(Duration::from_millis(200));
+
+    let before = gateway.received();
+    let start = Instant::now();
+    let load = measure(pid, NOTIFY_CONNECTIONS, |index, barrier| {
+        let mut result = WorkerResult::default();
+        let connected = connect(socket);
+        barrier.wait();
+        let stream = match connected {
+            Ok(stream) => stream,
+            Err(err) => {
+                result.fail(format!("connect: {err}"));
+                return result;
+            }
+        };
+        let mut reader = BufReader::new(&stream);
+        let mut request = String::with_capacity(256);
+        let mut reply = String::with_capacity(64);
+        let deadline = Instant::now() + duration;
+        let mut k = index;
+        while Instant::now() < deadline {
+            let user = notify_user(k % NOTIFY_USERS);
+            request.clear();
+            let _ = write!(
+                request,
+                "B{k}\t{user}\nS{k}\tpriv/guid/messagenew\t\nC{k}\n"
+            );
+            match exchange(&mut reader, &request, &mut reply, |r| r == "O\n") {
+                Ok(latency) => result.set.push(latency),
+                Err(err) => {
+                    result.fail(err);
+                    break;
+                }
+            }
+            k += NOTIFY_CONNECTIONS;
+        }
+        result
+    });
+    let delivered_in_load = gateway.received() - before;
+    let target = before + load.ok;
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    let mut last = gateway.received();
+    let mut last_at = Instant::now();
+    while gateway.received() < target && Instant::now() < drain_deadline {
+        thread::sleep(Duration::from_millis(5));
+        let now = gateway.received();
+        if now != last {
+            last = now;
+            last_at = Instant::now();
+        }
+    }
+    let delivered_total = gateway.received() - before;
+    let drained = delivered_total >= load.ok;
+    let until_drained = if drained {
+        last_at.max(start + load.elapsed) - start
+    } else {
+        start.elapsed()
+    };
+    let errors = load.errors;
+    let first_error = load.first_error.clone();
+    Notify {
+        load,
+        delivered_in_load,
+        delivered_total,
+        until_drained,
+        drained,
+        errors,
+        first_error,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+fn print_report(
+    pairs: &[(usize, Measured)],
+    notify: &Notify,
+    idle_rss_kib: u64,
+    peak_rss_kib: u64,
+    threads: u64,
+    command: &str,
+    seconds: f64,
+) {
+    println!("## devicetoken SET transaction then LOOKUP ({seconds} s per scenario)");
+    println!();
+    println!(
+        "| connections | pairs/s | set p50 ms | set p99 ms | get p50 ms | get p99 ms | errors | daemon cores | load-gen cores | RSS after MiB | pairs/s vs upstream | set p99 upstream/ours | get p99 upstream/ours |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (connections, m) in pairs {
+        let up = UPSTREAM.iter().find(|u| u.0 == *connections);
+        let (vs, set_ratio, get_ratio) = match up {
+            Some(&(_, rate, set99, get99)) => (
+                format!("{:.1}x", m.per_sec() / rate),
+                format!(
+                    "{:.1}x",
+                    set99 / (m.set_p99.as_secs_f64() * 1000.0).max(1e-9)
+                ),
+                format!(
+                    "{:.1}x",
+                    get99 / (m.get_p99.as_secs_f64() * 1000.0).max(1e-9)
+                ),
+            ),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        println!(
+            "| {connections} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {vs} | {set_ratio} | {get_ratio} |",
+            thousands(m.per_sec()),
+            ms(m.set_p50),
+            ms(m.set_p99),
+            ms(m.get_p50),
+            ms(m.get_p99),
+            m.errors,
+            m.daemon_cores,
+            m.client_cores,
+            mib(m.rss_after_kib),
+        );
+    }
+    println!();
+    let load = &notify.load;
+    println!(
+        "## messagenew for {NOTIFY_USERS} users with one token each, {NOTIFY_CONNECTIONS} connections ({seconds} s)"
+    );
+    println!();
+    println!(
+        "| messagenew/s accepted | p50 ms | p99 ms | errors | delivered/s during load | delivered in total | end-to-end delivered/s | drained | daemon cores |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} in {:.2} s | {:.2} |",
+        thousands(load.per_sec()),
+        ms(load.set_p50),
+        ms(load.set_p99),
+        notify.errors,
+        thousands(notify.delivered_in_load as f64 / load.elapsed.as_secs_f64().max(1e-9)),
+        thousands(notify.delivered_total as f64),
+        thousands(notify.delivered_total as f64 / notify.until_drained.as_secs_f64().max(1e-9)),
+        if notify.drained { "yes" } else { "no" },
+        notify.until_drained.as_secs_f64(),
+        load.daemon_cores,
+    );
+    if let Some(err) = &notify.first_error {
+        println!();
+        println!("- first messagenew error: {err}");
+    }
+    println!();
+    println!(
+        "- `{command}`: RSS {:.1} MiB idle, {:.1} MiB peak (VmHWM), {threads} threads at the end; \
+         upstream {UPSTREAM_RSS_IDLE_MIB} idle, {UPSTREAM_RSS_PEAK_MIB} peak: {:.1}x / {:.1}x less",
+        mib(idle_rss_kib),
+        mib(peak_rss_kib),
+        UPSTREAM_RSS_IDLE_MIB / mib(idle_rss_kib).max(1e-9),
+        UPSTREAM_RSS_PEAK_MIB / mib(peak_rss_kib).max(1e-9),
+    );
+    let min_ratio = pairs
+        .iter()
+        .filter_map(|(c, m)| {
+            UPSTREAM
+                .iter()
+                .find(|u| u.0 == *c)
+                .map(|u| m.per_sec() / u.1)
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "- goal (at least 10x upstream's pairs/s, RSS under 15 MiB): lowest pairs/s ratio {min_ratio:.1}x, peak RSS {:.1} MiB",
+        mib(peak_rss_kib)
+    );
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1.0 {
+        format!("{ms:.3}")
+    } else if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
