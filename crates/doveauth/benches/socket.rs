@@ -694,7 +694,7 @@ fn print_report(ours: &TargetResult, theirs: Option<&TargetResult>, hash: &HashC
     println!();
     for target in std::iter::once(ours).chain(theirs) {
         println!(
-            "- {}: `{}`: RSS {:.1} MiB idle, {:.1} MiB peak (VmHWM), {} threads at the end",
+            "- {}: `{}`: RSS {:.1} MiB idle, {:.1} MiB peak (VmHWM), threads at the end: {}",
             target.label,
             target.command,
             mib(target.idle_rss_kib),
