@@ -268,7 +268,6 @@ pub(crate) mod tests {
         KEY.get_or_init(|| BotKey::generate("bot@example.org").unwrap())
     }
 
-    #[allow(dead_code)]
     pub(crate) fn bob() -> &'static BotKey {
         static KEY: OnceLock<BotKey> = OnceLock::new();
         KEY.get_or_init(|| BotKey::generate("bob@example.org").unwrap())

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
 
+pub mod autocrypt;
 pub mod error;
 pub mod key;
 pub mod state;
