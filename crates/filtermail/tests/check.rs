@@ -9,6 +9,9 @@ use chatmail_filtermail::Direction;
 use chatmail_filtermail::check::{Acceptance, Envelope, Outcome, Rejection, check};
 use rstest::rstest;
 
+mod support;
+use support::pgp::{self, ALICE, Armor, BOB, CAROL, Encrypt, Seipd};
+
 const OURS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const UPSTREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testdata");
 
@@ -70,6 +73,210 @@ fn own_fixture(#[case] name: &str, #[case] outgoing: &str, #[case] incoming: &st
         (outgoing, incoming),
         "{name}"
     );
+}
+
+/// Messages Sequoia writes in the test itself (tests/support/pgp.rs).
+#[derive(Debug, Clone, Copy)]
+enum Made {
+    /// To Bob: PKESK v3 + SEIPD v1, CRC line.
+    ToBob,
+    /// To Bob, forced AEAD: PKESK v6 + SEIPD v2 to a v4 key.
+    ToBobSeipd2,
+    /// To Carol's v6 certificate: PKESK v6 + SEIPD v2.
+    ToCarolV6,
+    /// To Carol's v6 certificate, armored as an RFC 9580 writer does: no CRC line. Base64
+    /// without padding, so nothing looks like a CRC.
+    ToCarolV6NoCrc,
+    /// Signed by Alice inside the encryption to Bob.
+    SignedEncrypted,
+    /// To Alice and Bob: two PKESK v3.
+    TwoRecipients,
+    /// To Alice, Bob and Carol with SEIPD v2: three PKESK v6, mixing v4 and v6 keys.
+    ThreeRecipientsSeipd2,
+    /// Password only: SKESK v4 + SEIPD v1.
+    Symmetric,
+    /// Password only, forced AEAD: SKESK v6 + SEIPD v2.
+    SymmetricSeipd2,
+    /// To Bob and a password: PKESK v3, SKESK v4, SEIPD v1.
+    PublicAndPassword,
+    /// To Bob, armor with a `Version:` header.
+    VersionHeader,
+    /// To Bob, armor without CRC line whose base64 ends in `=` padding: the CRC cut
+    /// (filtermail.md §6.2 step 5) eats the padding, so even a real message is refused.
+    NoCrcPadded,
+    /// Signed, not encrypted: one-pass signature, literal data, signature.
+    SignedOnly,
+    /// A bare literal data packet.
+    LiteralOnly,
+}
+
+impl Made {
+    /// The PGP/MIME mail from Alice to Bob, and its packet sequence.
+    fn build(self) -> (Vec<u8>, String) {
+        let plain = pgp::inner_part(200);
+        let (alice, bob, carol) = (pgp::alice(), pgp::bob(), pgp::carol());
+        let to = |certs: &[&sequoia_openpgp::Cert], seipd| {
+            Encrypt {
+                seipd,
+                ..Encrypt::to(certs)
+            }
+            .binary(&plain)
+        };
+        let mut armor = Armor::MESSAGE;
+        let binary = match self {
+            Made::ToBob | Made::VersionHeader => to(&[bob], Seipd::Default),
+            Made::ToBobSeipd2 => to(&[bob], Seipd::V2),
+            Made::ToCarolV6 => to(&[carol], Seipd::Default),
+            Made::ToCarolV6NoCrc => {
+                armor.crc = false;
+                padded(false, |n| to_len(&[carol], n))
+            }
+            Made::NoCrcPadded => {
+                armor.crc = false;
+                padded(true, |n| to_len(&[bob], n))
+            }
+            Made::SignedEncrypted => Encrypt {
+                signer: Some(alice),
+                ..Encrypt::to(&[bob])
+            }
+            .binary(&plain),
+            Made::TwoRecipients => to(&[alice, bob], Seipd::Default),
+            Made::ThreeRecipientsSeipd2 => to(&[alice, bob, carol], Seipd::V2),
+            Made::Symmetric | Made::SymmetricSeipd2 => Encrypt {
+                passwords: &["secret"],
+                seipd: if matches!(self, Made::Symmetric) {
+                    Seipd::Default
+                } else {
+                    Seipd::V2
+                },
+                ..Encrypt::to(&[])
+            }
+            .binary(&plain),
+            Made::PublicAndPassword => Encrypt {
+                passwords: &["secret"],
+                ..Encrypt::to(&[bob])
+            }
+            .binary(&plain),
+            Made::SignedOnly => pgp::signed_only(alice, &plain),
+            Made::LiteralOnly => pgp::literal_only(&plain),
+        };
+        if let Made::VersionHeader = self {
+            armor.headers = &[("Version", "Sequoia-PGP 2")];
+        }
+        let shape = pgp::shape(&binary);
+        (pgp::pgp_mime(ALICE, BOB, &armor.apply(&binary)), shape)
+    }
+}
+
+/// A message to `certs` whose plaintext part is `n` bytes.
+fn to_len(certs: &[&sequoia_openpgp::Cert], n: usize) -> Vec<u8> {
+    Encrypt::to(certs).binary(&pgp::inner_part(n))
+}
+
+/// The first of `make(200)`, `make(201)`, `make(202)` whose base64 ends in padding
+/// (`padding`) or not: the packet lengths are fixed for a given plaintext length.
+fn padded(padding: bool, make: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
+    (200..203)
+        .map(make)
+        .find(|binary| (binary.len() % 3 != 0) == padding)
+        .expect("one of three consecutive lengths has the wanted padding")
+}
+
+#[rstest]
+#[case::pkesk3_seipd1(Made::ToBob, "PKESK3 SEIPD1", "accept", "accept")]
+#[case::pkesk6_seipd2_v4_key(Made::ToBobSeipd2, "PKESK6 SEIPD2", "accept", "accept")]
+#[case::v6_certificate(Made::ToCarolV6, "PKESK6 SEIPD2", "accept", "accept")]
+#[case::v6_certificate_no_crc(Made::ToCarolV6NoCrc, "PKESK6 SEIPD2", "accept", "accept")]
+#[case::signed_and_encrypted(Made::SignedEncrypted, "PKESK3 SEIPD1", "accept", "accept")]
+#[case::two_recipients(Made::TwoRecipients, "PKESK3 PKESK3 SEIPD1", "accept", "accept")]
+#[case::three_recipients_seipd2(
+    Made::ThreeRecipientsSeipd2,
+    "PKESK6 PKESK6 PKESK6 SEIPD2",
+    "accept",
+    "accept"
+)]
+#[case::symmetric(Made::Symmetric, "SKESK4 SEIPD1", "accept", "accept")]
+#[case::symmetric_seipd2(Made::SymmetricSeipd2, "SKESK6 SEIPD2", "accept", "accept")]
+#[case::public_and_password(Made::PublicAndPassword, "PKESK3 SKESK4 SEIPD1", "accept", "accept")]
+#[case::version_header(Made::VersionHeader, "PKESK3 SEIPD1", "523", "accept")]
+#[case::no_crc_padded(Made::NoCrcPadded, "PKESK3 SEIPD1", "523", "523")]
+#[case::signed_only(Made::SignedOnly, "OnePassSig Literal Signature", "523", "523")]
+#[case::literal_only(Made::LiteralOnly, "Literal", "523", "523")]
+fn sequoia_message(
+    #[case] made: Made,
+    #[case] packets: &str,
+    #[case] outgoing: &str,
+    #[case] incoming: &str,
+) {
+    let (message, shape) = made.build();
+    assert_eq!(shape, packets, "{made:?}");
+    assert_eq!(
+        verdicts(&message, ALICE, BOB),
+        (outgoing, incoming),
+        "{made:?}:\n{}",
+        String::from_utf8_lossy(&message)
+    );
+}
+
+/// Sequoia's signed message really carries signature packets (so `signed_only` above is
+/// refused for its shape, not for a broken armor), and the v6 certificate is one.
+#[test]
+fn sequoia_certificates_are_what_the_cases_say() {
+    use sequoia_openpgp::types::PublicKeyAlgorithm;
+    assert_eq!(pgp::alice().primary_key().key().version(), 4);
+    assert_eq!(pgp::carol().primary_key().key().version(), 6);
+    let algos: Vec<PublicKeyAlgorithm> = pgp::carol().keys().map(|k| k.key().pk_algo()).collect();
+    assert!(
+        algos.contains(&PublicKeyAlgorithm::X25519),
+        "Carol's encryption subkey is X25519: {algos:?}"
+    );
+}
+
+/// The Autocrypt Setup Message (a cleartext multipart/mixed with a symmetrically encrypted
+/// key): accepted outgoing only when Alice sends it to herself.
+#[rstest]
+#[case::to_oneself(ALICE, "accept", "523")]
+#[case::to_someone_else(BOB, "523", "523")]
+fn sequoia_autocrypt_setup_message(
+    #[case] to: &str,
+    #[case] outgoing: &str,
+    #[case] incoming: &str,
+) {
+    let asm = pgp::autocrypt_setup_message(to);
+    let out = check(&asm, &envelope(ALICE, to), Direction::Outgoing, |_| true);
+    let inc = check(&asm, &envelope(ALICE, to), Direction::Incoming, |_| false);
+    assert_eq!(
+        (code(&out.outcome), code(&inc.outcome)),
+        (outgoing, incoming)
+    );
+    if outgoing == "accept" {
+        assert_eq!(out.outcome, Outcome::Accept(Acceptance::AutocryptSetup));
+    }
+}
+
+/// The benchmark's messages are accepted both ways and have the sizes it claims.
+#[rstest]
+#[case(5 * 1024)]
+#[case(1024 * 1024)]
+fn sequoia_message_of_size(#[case] size: usize) {
+    let message = pgp::encrypted_mail_of_size(size);
+    assert!(
+        message.len().abs_diff(size) < 100,
+        "{} bytes for {size}",
+        message.len()
+    );
+    assert_eq!(verdicts(&message, ALICE, BOB), ("accept", "accept"));
+}
+
+/// A third party (Carol) cannot make Alice's encrypted mail pass outgoing with a forged
+/// envelope: the From check comes before the encryption check.
+#[test]
+fn sequoia_message_forged_sender() {
+    let (message, _) = Made::ToBob.build();
+    let forged = check(&message, &envelope(CAROL, BOB), Direction::Outgoing, |_| {
+        true
+    });
+    assert_eq!(code(&forged.outcome), "500");
 }
 
 /// Upstream's fixtures, or `None` (after saying why) when they are not next to the
