@@ -11,6 +11,7 @@
 pub mod autocrypt;
 pub mod error;
 pub mod key;
+pub mod pgp;
 pub mod state;
 
 pub use error::{Error, Result};
