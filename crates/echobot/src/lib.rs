@@ -11,6 +11,7 @@
 pub mod autocrypt;
 pub mod error;
 pub mod key;
+pub mod message;
 pub mod pgp;
 pub mod state;
 
