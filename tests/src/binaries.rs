@@ -1,9 +1,9 @@
-//! Builds doveauth, lastlogin, chatmail-metadata and filtermail once per test process and
-//! finds their executables.
+//! Builds doveauth, lastlogin, chatmail-metadata, filtermail and chatmail-quota-expire once
+//! per test process and finds their executables.
 //!
 //! Cargo builds only the binaries of the package under test, so the harness runs
-//! `cargo build --bins -p doveauth -p lastlogin -p chatmail-metadata -p chatmail-filtermail`
-//! itself; the workspace's lock and fingerprints make this cheap when they are already up
+//! `cargo build --bins -p doveauth -p lastlogin -p chatmail-metadata -p chatmail-filtermail
+//! -p chatmail-expire` itself; the workspace's lock and fingerprints make this cheap when they are already up
 //! to date.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub struct Binaries {
     pub metadata: PathBuf,
     /// The before-queue SMTP filter (`filtermail INI outgoing|incoming`).
     pub filtermail: PathBuf,
+    /// Dovecot's quota-warning script (`chatmail-quota-expire TARGET_MB MAILBOX_PATH`).
+    pub quota_expire: PathBuf,
 }
 
 /// The workspace root: this crate lives in `<workspace>/tests`.
@@ -56,6 +58,8 @@ fn build() -> Result<Binaries, String> {
             "chatmail-metadata",
             "-p",
             "chatmail-filtermail",
+            "-p",
+            "chatmail-expire",
         ])
         .current_dir(&root)
         .output()
@@ -88,5 +92,6 @@ fn build() -> Result<Binaries, String> {
         lastlogin: find("lastlogin")?,
         metadata: find("chatmail-metadata")?,
         filtermail: find("filtermail")?,
+        quota_expire: find("chatmail-quota-expire")?,
     })
 }

@@ -33,6 +33,11 @@ pub struct Vmail {
 pub fn require_dovecot() -> Option<Vmail> {
     let missing = if !Path::new(DOVECOT).exists() {
         Some(format!("{DOVECOT} is missing (install dovecot-imapd)"))
+    } else if !Path::new(crate::tls::OPENSSL).exists() {
+        Some(format!(
+            "{} is missing (install openssl; it makes the relay's certificate)",
+            crate::tls::OPENSSL
+        ))
     } else if !Uid::effective().is_root() {
         Some("not running as root (needed to start Dovecot and switch to vmail)".to_string())
     } else {
@@ -77,34 +82,45 @@ pub fn require_postfix() -> Option<Vmail> {
 /// Looks up `vmail`, creating it as a system user on first use; panics if that fails.
 fn vmail() -> Vmail {
     static VMAIL: OnceLock<Vmail> = OnceLock::new();
-    static CREATE: Mutex<()> = Mutex::new(());
     *VMAIL.get_or_init(|| {
-        let _guard = CREATE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(vmail) = lookup() {
-            return vmail;
-        }
-        let output = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home"])
-            .args(["--shell", "/usr/sbin/nologin", "vmail"])
-            .output()
-            .expect("cannot run useradd");
-        // Another process may have created it meanwhile; the lookup decides.
-        lookup().unwrap_or_else(|| {
-            panic!(
-                "cannot create the vmail user ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
+        let (uid, gid) = system_user("vmail");
+        Vmail { uid, gid }
     })
 }
 
-fn lookup() -> Option<Vmail> {
-    let user = User::from_name("vmail").expect("cannot read the user database")?;
-    Some(Vmail {
-        uid: user.uid,
-        gid: user.gid,
+/// The `filtermail` user that filtermail outgoing runs as, created as a system user on
+/// first use; panics if that fails.
+pub fn filtermail_user() -> (Uid, Gid) {
+    static FILTERMAIL: OnceLock<(Uid, Gid)> = OnceLock::new();
+    *FILTERMAIL.get_or_init(|| system_user("filtermail"))
+}
+
+/// Looks up a user, creating it as a system user with a group of its own, no home and no
+/// login shell if it is missing; panics if that fails.
+fn system_user(name: &str) -> (Uid, Gid) {
+    static CREATE: Mutex<()> = Mutex::new(());
+    let _guard = CREATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(found) = lookup(name) {
+        return found;
+    }
+    let output = Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home"])
+        .args(["--shell", "/usr/sbin/nologin", name])
+        .output()
+        .expect("cannot run useradd");
+    // Another process may have created it meanwhile; the lookup decides.
+    lookup(name).unwrap_or_else(|| {
+        panic!(
+            "cannot create the {name} user ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
     })
+}
+
+fn lookup(name: &str) -> Option<(Uid, Gid)> {
+    let user = User::from_name(name).expect("cannot read the user database")?;
+    Some((user.uid, user.gid))
 }

@@ -22,6 +22,8 @@
 //!   `smtpd_proxy_filter` (skipped like Dovecot when Postfix is missing).
 //! * [`smtp`]: a minimal SMTP client, to submit mail as a client or a remote MTA would.
 //! * [`gateway`]: a local push notification gateway that records what it receives.
+//! * [`templates`]: renders the Postfix and Dovecot templates in `packaging/conf/`.
+//! * [`tls`]: the relay's self-signed certificate and a TLS client that accepts it.
 
 pub mod binaries;
 pub mod dovecot_conf;
@@ -32,6 +34,8 @@ pub mod lmtp;
 pub mod postfix;
 pub mod relay;
 pub mod smtp;
+pub mod templates;
+pub mod tls;
 
 pub use host::{Vmail, require_dovecot, require_postfix};
 pub use imap::{Imap, Reply, Status, quote};

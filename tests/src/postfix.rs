@@ -1,18 +1,21 @@
-//! A test relay with the real Debian Postfix in front: a private Postfix instance from the
-//! relay's temp dir, wired to our filtermail as a chatmail relay's master.cf wires it, and
-//! delivering into the relay's Dovecot over LMTP.
+//! A relay with the real Debian Postfix in front: a private Postfix instance from the
+//! relay's state dir, configured from the templates in `packaging/conf/postfix/` (wired to
+//! our filtermail as a chatmail relay's master.cf wires it), delivering into the relay's
+//! Dovecot over LMTP.
 //!
 //! ```text
-//! client ─AUTH─▶ "submission" 127.0.0.1:P1 ─smtpd_proxy_filter─▶ filtermail outgoing
-//!              ─▶ reinject 127.0.0.1:postfix_reinject_port ─▶ queue ─▶ Dovecot LMTP
-//! MTA    ─▶ "smtp" (25) 127.0.0.1:P2 ─smtpd_proxy_filter─▶ filtermail incoming
-//!              ─▶ reinject 127.0.0.1:postfix_reinject_port_incoming ─▶ queue ─▶ Dovecot LMTP
+//! client ─AUTH─▶ submission (587) / submissions (465, TLS) ─smtpd_proxy_filter─▶
+//!          filtermail outgoing ─▶ reinject 127.0.0.1:postfix_reinject_port ─▶ authclean
+//!          ─▶ queue ─▶ Dovecot LMTP
+//! MTA    ─▶ smtp (25) ─smtpd_proxy_filter─▶ filtermail incoming
+//!          ─▶ reinject 127.0.0.1:postfix_reinject_port_incoming ─▶ queue ─▶ Dovecot LMTP
 //! ```
 //!
-//! Left out from the relay's Postfix configuration, as they do not involve filtermail:
-//! TLS (no certificate on 127.0.0.1; SASL PLAIN is offered in the clear instead), the
-//! `authclean` header cleanup, OpenDKIM, and remote delivery (`default_transport` is
-//! `error:`). Every service runs unchrooted, so absolute paths in the temp dir work.
+//! The test relays use free ports and require TLS only on the submissions port: on 25 and
+//! 587 the tests speak plaintext SMTP (TLS `may`, AUTH offered without TLS); the loopback
+//! relay requires TLS there as a relay does. Left out, as on a relay without DKIM: OpenDKIM.
+//! Remote delivery is disabled (`default_transport` is `error:`). Every service runs
+//! unchrooted, so absolute paths in the state dir work.
 //!
 //! What a private instance needs from Debian's package: the `postfix` user and `postdrop`
 //! group it creates, `/etc/postfix/postfix-files` (for `postfix -c DIR check`, which
@@ -34,9 +37,10 @@ use std::time::{Duration, Instant};
 use nix::unistd::User;
 
 use crate::binaries::binaries;
-use crate::host::{POSTFIX, POSTFIX_MASTER, require_postfix};
-use crate::relay::{DOMAIN, Relay, read_lossy, set_mode, stop};
+use crate::host::{POSTFIX, POSTFIX_MASTER, filtermail_user, require_postfix};
+use crate::relay::{DOMAIN, Options, Relay, Started, read_lossy, read_message, set_mode, stop};
 use crate::smtp::Smtp;
+use crate::templates::render_template;
 
 /// How long Postfix and filtermail may take to listen after start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,9 +49,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// The ports of one relay, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
-    /// Postfix's submission-like smtpd (587 on a relay), proxy-filtered by filtermail
-    /// outgoing.
+    /// Postfix's submission smtpd (587 on a relay, STARTTLS), proxy-filtered by
+    /// filtermail outgoing.
     pub submission: u16,
+    /// Postfix's submissions smtpd (465 on a relay, TLS from the first byte), the same.
+    pub submissions: u16,
     /// Postfix's port-25-like smtpd, proxy-filtered by filtermail incoming.
     pub smtp: u16,
     /// `filtermail_smtp_port` (10080).
@@ -61,13 +67,25 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Six distinct ports that were free a moment ago (all bound at once, then released).
-    fn free() -> Ports {
-        let listeners: [TcpListener; 6] = std::array::from_fn(|_| {
+    /// A relay's ports: 587, 465, 25, and chatmail.ini's defaults for the others.
+    pub const STANDARD: Ports = Ports {
+        submission: 587,
+        submissions: 465,
+        smtp: 25,
+        filtermail: 10080,
+        filtermail_incoming: 10081,
+        reinject: 10025,
+        reinject_incoming: 10026,
+    };
+
+    /// Seven distinct ports that were free a moment ago (all bound at once, then released).
+    pub fn free() -> Ports {
+        let listeners: [TcpListener; 7] = std::array::from_fn(|_| {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a port")
         });
         let [
             submission,
+            submissions,
             smtp,
             filtermail,
             filtermail_incoming,
@@ -76,6 +94,7 @@ impl Ports {
         ] = listeners.map(|listener| listener.local_addr().expect("local address").port());
         Ports {
             submission,
+            submissions,
             smtp,
             filtermail,
             filtermail_incoming,
@@ -114,8 +133,19 @@ impl MailRelay {
     /// CI; in CI that panics instead (see [`require_postfix`]). Panics with every log if a
     /// component fails to start.
     pub fn start(extra_ini: &str, message_size_limit: u64) -> Option<MailRelay> {
+        MailRelay::start_with(extra_ini, message_size_limit, &Options::default(), None)
+    }
+
+    /// Like [`MailRelay::start`], with the relay set up as `options` say and Postfix's and
+    /// filtermail's ports fixed (`None`: free ports).
+    pub fn start_with(
+        extra_ini: &str,
+        message_size_limit: u64,
+        options: &Options,
+        ports: Option<Ports>,
+    ) -> Option<MailRelay> {
         require_postfix()?;
-        let ports = Ports::free();
+        let ports = ports.unwrap_or_else(Ports::free);
         let ini = format!(
             "filtermail_smtp_port = {}\n\
              filtermail_smtp_port_incoming = {}\n\
@@ -124,7 +154,7 @@ impl MailRelay {
              {extra_ini}",
             ports.filtermail, ports.filtermail_incoming, ports.reinject, ports.reinject_incoming,
         );
-        let relay = Relay::start_with_ini(&ini)?;
+        let relay = Relay::start_with(&ini, options)?;
         let mut mail = MailRelay {
             ports,
             postfix_config: relay.path("postfix-etc"),
@@ -154,12 +184,37 @@ impl MailRelay {
         self.ports
     }
 
-    /// Where the submission-like service listens (filtermail outgoing behind it).
+    /// Where the submission service listens (filtermail outgoing behind it).
     pub fn submission_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.submission))
     }
 
-    /// Where the port-25-like service listens (filtermail incoming behind it).
+    /// Where the submissions service (implicit TLS) listens (filtermail outgoing behind it).
+    pub fn submissions_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.submissions))
+    }
+
+    /// Lets every process outlive this value (see [`Relay::detach`]); returns what was
+    /// started, in the order to stop it: Postfix, filtermail, then the relay's.
+    pub fn detach(mut self) -> Vec<Started> {
+        let mut started = Vec::new();
+        for (name, child) in [
+            ("postfix", self.master.take()),
+            ("filtermail outgoing", self.filtermail.take()),
+            ("filtermail incoming", self.filtermail_incoming.take()),
+        ] {
+            if let Some(child) = child {
+                started.push(Started {
+                    name: name.to_string(),
+                    pid: child.id(),
+                });
+            }
+        }
+        started.extend(self.relay.detach_in_place());
+        started
+    }
+
+    /// Where the port-25 service listens (filtermail incoming behind it).
     pub fn smtp_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.smtp))
     }
@@ -193,8 +248,8 @@ impl MailRelay {
         addr
     }
 
-    /// The messages delivered to `addr`'s INBOX (maildir `new/` and `cur/`), as text,
-    /// ordered by file name (Dovecot's names start with the delivery time).
+    /// The messages delivered to `addr`'s INBOX (maildir `new/` and `cur/`), as text
+    /// (uncompressed: Dovecot's zlib plugin stores them gzipped), ordered by file name (Dovecot's names start with the delivery time).
     pub fn messages(&self, addr: &str) -> Vec<String> {
         let maildir = self.relay.maildir(addr);
         let mut files = Vec::new();
@@ -204,7 +259,7 @@ impl MailRelay {
             }
         }
         files.sort_by_key(|path| path.file_name().map(|name| name.to_owned()));
-        files.iter().map(|path| read_lossy(path)).collect()
+        files.iter().map(|path| read_message(path)).collect()
     }
 
     /// Waits up to `timeout` until `addr` has at least `count` messages and returns them;
@@ -260,8 +315,12 @@ impl MailRelay {
         all
     }
 
-    /// Starts `filtermail INI MODE` as vmail and waits for `entering serving loop` and the
-    /// port; panics with the logs if it exits or does not listen in time.
+    /// Starts `filtermail INI MODE` and waits for `entering serving loop` and the port;
+    /// panics with the logs if it exits or does not listen in time.
+    ///
+    /// Incoming runs as vmail: it looks for the recipients' `enforceE2EEincoming` markers
+    /// inside their owner-only maildirs. Outgoing touches no mailbox and runs as the
+    /// `filtermail` user of its own.
     fn start_filtermail(&self, mode: &str, port: u16) -> Child {
         let log_path = if mode == "outgoing" {
             &self.filtermail_log
@@ -269,12 +328,19 @@ impl MailRelay {
             &self.filtermail_incoming_log
         };
         let log = File::create(log_path).expect("cannot create a filtermail log");
-        let vmail = self.relay.vmail();
-        let mut child = Command::new(&binaries().filtermail)
+        let (uid, gid) = if mode == "outgoing" {
+            filtermail_user()
+        } else {
+            let vmail = self.relay.vmail();
+            (vmail.uid, vmail.gid)
+        };
+        let mut command = Command::new(&binaries().filtermail);
+        self.relay.own_group(&mut command);
+        let mut child = command
             .arg(self.relay.path("chatmail.ini"))
             .arg(mode)
-            .uid(vmail.uid.as_raw())
-            .gid(vmail.gid.as_raw())
+            .uid(uid.as_raw())
+            .gid(gid.as_raw())
             .current_dir(self.relay.path(""))
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
@@ -327,22 +393,78 @@ impl MailRelay {
         )
         .expect("cannot chown the postfix data dir");
         set_mode(&data, 0o700);
-        let main_cf = render_main_cf(&MainCf {
-            queue_directory: &queue,
-            data_directory: &data,
-            maillog_file: &self.postfix_log,
-            maillog_prefix: &root,
-            lmtp_socket: &self.relay.path("lmtp.socket"),
-            login_map: &config.join("login_map"),
-            message_size_limit,
-        });
-        write_file(&config.join("main.cf"), &main_cf);
-        write_file(
-            &config.join("master.cf"),
-            &render_master_cf(&self.ports, &self.relay.path("sasl.socket")),
+        let path = |path: &Path| path.display().to_string();
+        let main_cf = render_template(
+            "postfix/main.cf",
+            &[
+                ("queue_directory", path(&queue)),
+                ("data_directory", path(&data)),
+                ("maillog_file", path(&self.postfix_log)),
+                ("maillog_file_prefixes", path(&root)),
+                ("mail_domain", DOMAIN.to_string()),
+                ("myhostname", "localhost".to_string()),
+                ("tls_cert", path(&self.relay.tls_cert())),
+                ("tls_key", path(&self.relay.tls_key())),
+                ("config_directory", path(config)),
+                ("lmtp_socket", path(&self.relay.path("lmtp.socket"))),
+                (
+                    "default_transport",
+                    "error:this relay delivers nothing to other relays".to_string(),
+                ),
+                ("inet_interfaces", "127.0.0.1".to_string()),
+                ("inet_protocols", "ipv4".to_string()),
+                ("mynetworks", "127.0.0.0/8".to_string()),
+                ("max_message_size", message_size_limit.to_string()),
+            ],
         );
-        // MAIL FROM must be the login, as on a relay.
-        write_file(&config.join("login_map"), "/^(.*)$/ ${1}\n");
+        write_file(&config.join("main.cf"), &main_cf);
+        let ports = &self.ports;
+        let listen = |port: u16| format!("127.0.0.1:{port}");
+        // The tests speak plaintext SMTP on 25 and 587; the loopback relay requires TLS.
+        let (tls_level, tls_auth_only) = if self.relay.options().loopback {
+            ("encrypt", "yes")
+        } else {
+            ("may", "no")
+        };
+        let max_smtp_connections = 1000;
+        let master_cf = render_template(
+            "postfix/master.cf",
+            &[
+                ("smtp_listen", listen(ports.smtp)),
+                ("smtp_tls_level", tls_level.to_string()),
+                (
+                    "filtermail_smtp_port_incoming",
+                    ports.filtermail_incoming.to_string(),
+                ),
+                ("submission_listen", listen(ports.submission)),
+                ("max_smtp_connections", max_smtp_connections.to_string()),
+                ("submission_tls_level", tls_level.to_string()),
+                ("sasl_socket", path(&self.relay.path("sasl.socket"))),
+                ("submission_tls_auth_only", tls_auth_only.to_string()),
+                (
+                    "smtp_connections_per_client",
+                    (max_smtp_connections / 5).to_string(),
+                ),
+                ("filtermail_smtp_port", ports.filtermail.to_string()),
+                ("submissions_listen", listen(ports.submissions)),
+                ("postfix_reinject_port", ports.reinject.to_string()),
+                (
+                    "postfix_reinject_port_incoming",
+                    ports.reinject_incoming.to_string(),
+                ),
+                ("config_directory", path(config)),
+            ],
+        );
+        write_file(&config.join("master.cf"), &master_cf);
+        for table in [
+            "login_map",
+            "lmtp_header_cleanup",
+            "submission_header_cleanup",
+            "smtp_tls_policy_map",
+        ] {
+            let text = render_template(&format!("postfix/{table}"), &[]);
+            write_file(&config.join(table), &text);
+        }
 
         let stderr = File::create(&self.postfix_stderr).expect("cannot create postfix.stderr");
         let check = Command::new(POSTFIX)
@@ -356,7 +478,9 @@ impl MailRelay {
             .expect("cannot run postfix check");
         assert!(check.success(), "postfix check: {check}\n{}", self.logs());
 
-        let mut master = Command::new(POSTFIX_MASTER)
+        let mut command = Command::new(POSTFIX_MASTER);
+        self.relay.own_group(&mut command);
+        let mut master = command
             .arg("-c")
             .arg(config)
             .env("MAIL_CONFIG", config)
@@ -367,6 +491,7 @@ impl MailRelay {
             .expect("cannot start the postfix master");
         let addrs = [
             self.ports.submission,
+            self.ports.submissions,
             self.ports.smtp,
             self.ports.reinject,
             self.ports.reinject_incoming,
@@ -405,126 +530,6 @@ impl Drop for MailRelay {
             }
         }
     }
-}
-
-/// What differs between two test Postfix instances' main.cf.
-struct MainCf<'a> {
-    queue_directory: &'a Path,
-    data_directory: &'a Path,
-    maillog_file: &'a Path,
-    /// A prefix of `maillog_file` for `maillog_file_prefixes`.
-    maillog_prefix: &'a Path,
-    lmtp_socket: &'a Path,
-    /// The regexp map that makes every address its own login.
-    login_map: &'a Path,
-    message_size_limit: u64,
-}
-
-/// main.cf: the relay's local delivery (`mydestination` = mail domain, `local_transport`
-/// = Dovecot LMTP, no local recipient check) and limits, with every path in the temp dir.
-fn render_main_cf(p: &MainCf<'_>) -> String {
-    format!(
-        r#"# Generated by chatmail-e2e for one test relay.
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-maillog_file = {log}
-maillog_file_prefixes = {prefix}
-myhostname = mx.localhost
-mydomain = localhost
-myorigin = {DOMAIN}
-mydestination = {DOMAIN}
-local_transport = lmtp:unix:{lmtp}
-local_recipient_maps =
-alias_maps =
-alias_database =
-relayhost =
-default_transport = error:the test relay delivers nothing remotely
-relay_transport = error:the test relay delivers nothing remotely
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = reject
-smtpd_peername_lookup = no
-mailbox_size_limit = 0
-message_size_limit = {size}
-disable_mime_input_processing = yes
-biff = no
-append_dot_mydomain = no
-# Submission: SASL login required, MAIL FROM must be the login (no TLS here, so AUTH is
-# offered in the clear on 127.0.0.1).
-smtpd_tls_auth_only = no
-mua_client_restrictions = permit_sasl_authenticated, reject
-mua_sender_restrictions = reject_sender_login_mismatch, permit_sasl_authenticated, reject
-mua_helo_restrictions = permit_mynetworks, permit
-smtpd_sender_login_maps = regexp:{login_map}
-"#,
-        queue = p.queue_directory.display(),
-        data = p.data_directory.display(),
-        log = p.maillog_file.display(),
-        prefix = p.maillog_prefix.display(),
-        lmtp = p.lmtp_socket.display(),
-        login_map = p.login_map.display(),
-        size = p.message_size_limit,
-    )
-}
-
-/// master.cf: the relay's four smtpd services with filtermail as `smtpd_proxy_filter` on
-/// the two public ones, and Postfix's internal services, all unchrooted.
-fn render_master_cf(ports: &Ports, sasl_socket: &Path) -> String {
-    format!(
-        r#"# Generated by chatmail-e2e for one test relay.
-# service type  private unpriv  chroot  wakeup  maxproc command + args
-127.0.0.1:{smtp} inet n - n - - smtpd
-  -o syslog_name=postfix/smtp
-  -o smtpd_proxy_filter=127.0.0.1:{filtermail_incoming}
-  -o smtpd_relay_restrictions=reject_unauth_destination
-127.0.0.1:{submission} inet n - n - - smtpd
-  -o syslog_name=postfix/submission
-  -o smtpd_sasl_auth_enable=yes
-  -o smtpd_sasl_type=dovecot
-  -o smtpd_sasl_path={sasl_socket}
-  -o smtpd_reject_unlisted_recipient=no
-  -o smtpd_client_restrictions=$mua_client_restrictions
-  -o smtpd_helo_restrictions=$mua_helo_restrictions
-  -o smtpd_sender_restrictions=$mua_sender_restrictions
-  -o smtpd_recipient_restrictions=
-  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
-  -o smtpd_proxy_filter=127.0.0.1:{filtermail}
-127.0.0.1:{reinject} inet n - n - 100 smtpd
-  -o syslog_name=postfix/reinject
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-127.0.0.1:{reinject_incoming} inet n - n - 100 smtpd
-  -o syslog_name=postfix/reinject_incoming
-  -o smtpd_relay_restrictions=reject_unauth_destination
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"#,
-        smtp = ports.smtp,
-        submission = ports.submission,
-        filtermail = ports.filtermail,
-        filtermail_incoming = ports.filtermail_incoming,
-        reinject = ports.reinject,
-        reinject_incoming = ports.reinject_incoming,
-        sasl_socket = sasl_socket.display(),
-    )
 }
 
 /// A root-owned configuration file everyone may read.

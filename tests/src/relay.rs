@@ -1,6 +1,11 @@
-//! One test relay: doveauth, lastlogin and chatmail-metadata running as `vmail`, a local
-//! push gateway, and a Dovecot instance on
-//! 127.0.0.1 that uses them, all confined to a temp dir that is removed afterwards.
+//! One relay: doveauth, lastlogin and chatmail-metadata running as `vmail`, a local push
+//! gateway, and a Dovecot instance on 127.0.0.1 that uses them, configured from the
+//! templates in `packaging/conf/dovecot/` with a self-signed certificate, all confined to
+//! one state dir that is removed afterwards.
+//!
+//! The tests' relays live in a temp dir with free ports; the `loopback-relay` command uses
+//! the same code with [`Options`] for a fixed dir and the standard ports, then
+//! [`Relay::detach`]es the processes so that they outlive it.
 
 use std::fs::{self, File};
 use std::io;
@@ -17,16 +22,24 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+use nix::unistd::User;
+
 use crate::binaries::binaries;
-use crate::dovecot_conf::{DovecotParams, render_auth_conf, render_dovecot_conf};
+use crate::dovecot_conf::{DovecotParams, TEST_LOCAL_CONF, render_auth_conf, render_dovecot_conf};
 use crate::gateway::Gateway;
 use crate::host::{DOVEADM, DOVECOT, Vmail, require_dovecot};
 use crate::imap::{Imap, Reply};
+use crate::tls::self_signed;
 
 /// The relay's `mail_domain`. The leading underscore marks a test relay in chatmail's own
 /// conventions (self-signed TLS), `.localhost` is reserved (RFC 6761) so the name can never
 /// be a real domain, and Dovecot's `auth_username_chars` admits every character of it.
 pub const DOMAIN: &str = "_chat.localhost";
+
+/// `max_mailbox_size` (MiB) and `max_message_size` (bytes) of every relay's chatmail.ini:
+/// upstream's defaults.
+pub const MAX_MAILBOX_SIZE_MB: u64 = 500;
+pub const MAX_MESSAGE_SIZE: u64 = 31_457_280;
 
 /// How often and how long to poll for a daemon socket or the IMAP port: 200 × 50 ms = 10 s.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -38,8 +51,33 @@ pub const KEEP_ENV: &str = "CHATMAIL_E2E_KEEP";
 /// How long a process may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// A running test relay; dropping it stops every process and removes the temp dir.
+/// How to set a relay up; the default is a test relay.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The state dir to create (it must not exist); `None`: a new temp dir.
+    pub state_dir: Option<PathBuf>,
+    /// The IMAP (STARTTLS) and IMAPS ports; `None`: free ports.
+    pub imap_ports: Option<(u16, u16)>,
+    /// The loopback relay rather than a test relay: Dovecot without the tests' verbose
+    /// logging, every process in a process group of its own (so that a Ctrl-C at the
+    /// terminal that started it does not reach it), 10 waiting imap-login processes, and
+    /// no push gateway (there is no process left to run it).
+    pub loopback: bool,
+}
+
+/// A process this relay started, for [`Relay::detach`].
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// What it is, e.g. `dovecot`.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// A running relay; dropping it stops every process and removes the state dir.
 pub struct Relay {
+    /// How it was set up.
+    options: Options,
     /// The `vmail` user that owns mailboxes and runs the daemons.
     vmail: Vmail,
     /// `mailboxes_dir` of chatmail.ini.
@@ -60,10 +98,12 @@ pub struct Relay {
     metadata_log: PathBuf,
     /// Dovecot's LMTP socket, for delivering test messages.
     lmtp_socket: PathBuf,
-    /// The push gateway chatmail-metadata's `notification_url` points at.
-    gateway: Gateway,
-    /// Where Dovecot's IMAP listener accepts connections.
+    /// The push gateway chatmail-metadata's `notification_url` points at (test relays).
+    gateway: Option<Gateway>,
+    /// Where Dovecot's IMAP (STARTTLS) listener accepts connections.
     imap_addr: SocketAddr,
+    /// Where Dovecot's IMAPS listener accepts connections.
+    imaps_addr: SocketAddr,
     /// The Dovecot master process (`dovecot -F`), stopped first.
     dovecot: Option<Child>,
     /// The doveauth daemon.
@@ -72,8 +112,12 @@ pub struct Relay {
     lastlogin: Option<Child>,
     /// The metadata daemon.
     metadata: Option<Child>,
-    /// The temp dir holding everything above; declared last so it is removed last.
-    dir: TempDir,
+    /// Detached: Drop neither stops the processes nor removes the state dir.
+    detached: bool,
+    /// The state dir holding everything above.
+    root: PathBuf,
+    /// The temp dir behind `root` for test relays; declared last so it is removed last.
+    dir: Option<TempDir>,
 }
 
 impl Relay {
@@ -86,16 +130,34 @@ impl Relay {
     /// Like [`Relay::start`], with `extra_ini` (`key = value` lines) appended to the
     /// `[params]` section of chatmail.ini, e.g. filtermail's ports and limits.
     pub fn start_with_ini(extra_ini: &str) -> Option<Relay> {
+        Relay::start_with(extra_ini, &Options::default())
+    }
+
+    /// Like [`Relay::start_with_ini`], set up as `options` say.
+    pub fn start_with(extra_ini: &str, options: &Options) -> Option<Relay> {
         let vmail = require_dovecot()?;
         let binaries = binaries();
-        let dir = tempfile::Builder::new()
-            .prefix("chatmail-e2e-")
-            .tempdir()
-            .expect("cannot create a temp dir");
+        let (dir, root) = match &options.state_dir {
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("chatmail-e2e-")
+                    .tempdir()
+                    .expect("cannot create a temp dir");
+                let root = dir.path().to_path_buf();
+                (Some(dir), root)
+            }
+            Some(path) => {
+                fs::create_dir(path).unwrap_or_else(|err| {
+                    panic!("cannot create the state dir {}: {err}", path.display())
+                });
+                (None, path.clone())
+            }
+        };
         // Dovecot's unprivileged processes and vmail must traverse it.
-        set_mode(dir.path(), 0o755);
-        let root = dir.path();
+        set_mode(&root, 0o755);
+        let root = root.as_path();
         let mut relay = Relay {
+            options: options.clone(),
             vmail,
             mailboxes_dir: root.join("mail").join(DOMAIN),
             nocreate_file: root.join("nocreate"),
@@ -106,12 +168,15 @@ impl Relay {
             lastlogin_log: root.join("lastlogin.log"),
             metadata_log: root.join("metadata.log"),
             lmtp_socket: root.join("lmtp.socket"),
-            gateway: Gateway::start(),
+            gateway: (!options.loopback).then(Gateway::start),
             imap_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            imaps_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dovecot: None,
             doveauth: None,
             lastlogin: None,
             metadata: None,
+            detached: false,
+            root: root.to_path_buf(),
             dir,
         };
 
@@ -140,12 +205,63 @@ impl Relay {
         relay.metadata =
             Some(relay.start_daemon(&binaries.metadata, &metadata_socket, &ini, metadata));
 
+        self_signed(DOMAIN, &relay.tls_cert(), &relay.tls_key());
+        if !options.loopback {
+            relay.write_public(&relay.path("local.conf"), TEST_LOCAL_CONF);
+        }
         relay.start_dovecot(&auth_conf, &lastlogin_socket, &metadata_socket);
         Some(relay)
     }
 
-    /// The chatmail.ini of this relay: test paths and system limits that never refuse.
+    /// The self-signed certificate of IMAPS, SMTPS and STARTTLS.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.path("tls-cert.pem")
+    }
+
+    /// The certificate's key (mode 0600, root's).
+    pub fn tls_key(&self) -> PathBuf {
+        self.path("tls-key.pem")
+    }
+
+    /// The options this relay was started with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Lets the processes outlive this value: Drop will neither stop them nor remove the
+    /// state dir. Returns what was started, in the order to stop it.
+    pub fn detach(mut self) -> Vec<Started> {
+        self.detach_in_place()
+    }
+
+    /// [`Relay::detach`] for a relay inside another value that is dropped later.
+    pub(crate) fn detach_in_place(&mut self) -> Vec<Started> {
+        self.detached = true;
+        let mut started = Vec::new();
+        for (name, child) in [
+            ("dovecot", self.dovecot.take()),
+            ("doveauth", self.doveauth.take()),
+            ("lastlogin", self.lastlogin.take()),
+            ("chatmail-metadata", self.metadata.take()),
+        ] {
+            if let Some(child) = child {
+                started.push(Started {
+                    name: name.to_string(),
+                    pid: child.id(),
+                });
+            }
+        }
+        started
+    }
+
+    /// The chatmail.ini of this relay: its paths and system limits that never refuse.
     fn render_ini(&self) -> String {
+        // The loopback relay has no gateway: pushes go to a closed port on 127.0.0.1 and
+        // are retried and dropped as on any relay whose push server is unreachable.
+        let notification_url = self
+            .gateway
+            .as_ref()
+            .map_or_else(|| "http://127.0.0.1:9/notify".to_string(), Gateway::url);
         format!(
             "[params]\n\
              mail_domain = {DOMAIN}\n\
@@ -159,7 +275,7 @@ impl Relay {
             mailboxes = self.mailboxes_dir.display(),
             passdb = self.path("passdb.sqlite").display(),
             nocreate = self.nocreate_file.display(),
-            gateway = self.gateway.url(),
+            gateway = notification_url,
         )
     }
 
@@ -168,14 +284,17 @@ impl Relay {
     /// with the logs (after killing the daemon) if it exits or does not listen in time.
     fn start_daemon(&self, binary: &Path, socket: &Path, ini: &Path, log: &Path) -> Child {
         let log = File::create(log).expect("cannot create a daemon log");
-        let mut child = Command::new("/bin/sh")
+        let mut command = Command::new("/bin/sh");
+        command
             .args(["-c", r#"umask 077 && exec "$0" "$@""#])
             .arg(binary)
             .arg(socket)
             .arg(ini)
             .uid(self.vmail.uid.as_raw())
-            .gid(self.vmail.gid.as_raw())
-            .current_dir(self.dir.path())
+            .gid(self.vmail.gid.as_raw());
+        self.own_group(&mut command);
+        let mut child = command
+            .current_dir(&self.root)
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
@@ -204,32 +323,66 @@ impl Relay {
         );
     }
 
-    /// Renders dovecot.conf with a free port and starts Dovecot, retrying with another port
-    /// if someone else took the one found free.
+    /// In loopback mode, puts the command's process into a process group of its own.
+    pub(crate) fn own_group(&self, command: &mut Command) {
+        if self.options.loopback {
+            command.process_group(0);
+        }
+    }
+
+    /// Renders dovecot.conf with free ports (or the fixed ones of [`Options`]) and starts
+    /// Dovecot, retrying with other free ports if someone else took the ones found free.
     fn start_dovecot(&mut self, auth_conf: &Path, lastlogin_socket: &Path, metadata_socket: &Path) {
-        for _attempt in 0..3 {
-            let port = free_port();
-            self.imap_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let attempts = if self.options.imap_ports.is_some() {
+            1
+        } else {
+            3
+        };
+        for _attempt in 0..attempts {
+            let (imap_port, imaps_port) = self
+                .options
+                .imap_ports
+                .unwrap_or_else(|| (free_port(), free_port()));
+            self.imap_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, imap_port));
+            self.imaps_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, imaps_port));
+            // The sockets Postfix uses belong to postfix where it is installed.
+            let postfix_user = if User::from_name("postfix").ok().flatten().is_some() {
+                "postfix"
+            } else {
+                "root"
+            };
             let params = DovecotParams {
                 base_dir: self.path("dovecot-run"),
                 state_dir: self.path("dovecot-state"),
                 log_path: self.dovecot_log.clone(),
-                imap_port: port,
+                imap_port,
+                imaps_port,
                 auth_conf: auth_conf.to_path_buf(),
                 mailboxes_dir: self.mailboxes_dir.clone(),
                 lastlogin_socket: lastlogin_socket.to_path_buf(),
                 metadata_socket: metadata_socket.to_path_buf(),
                 lmtp_socket: self.lmtp_socket.clone(),
                 sasl_socket: self.path("sasl.socket"),
+                postfix_user: postfix_user.to_string(),
                 push_lua: crate::binaries::workspace_root()
                     .join("packaging/dovecot/push_notification.lua"),
+                quota_expire: binaries().quota_expire.clone(),
+                tls_cert: self.tls_cert(),
+                tls_key: self.tls_key(),
+                max_mailbox_size_mb: MAX_MAILBOX_SIZE_MB,
+                max_message_size: MAX_MESSAGE_SIZE,
+                max_imap_connections: 10_000,
+                imap_login_processes: if self.options.loopback { 10 } else { 1 },
                 vmail_uid: self.vmail.uid.as_raw(),
+                local_conf: self.path("local.conf"),
             };
             self.write_public(&self.dovecot_conf, &render_dovecot_conf(&params));
             // A fresh log per attempt, so only this attempt's failure decides about a retry.
             let _ = fs::remove_file(&self.dovecot_log);
             let stderr = File::create(&self.dovecot_stderr).expect("cannot create dovecot.stderr");
-            let child = Command::new(DOVECOT)
+            let mut command = Command::new(DOVECOT);
+            self.own_group(&mut command);
+            let child = command
                 .arg("-F")
                 .arg("-c")
                 .arg(&self.dovecot_conf)
@@ -244,6 +397,7 @@ impl Relay {
                 // that succeeds before that may have reached another process on this port.
                 if self.dovecot_log().contains("starting up")
                     && TcpStream::connect(self.imap_addr).is_ok()
+                    && TcpStream::connect(self.imaps_addr).is_ok()
                 {
                     return;
                 }
@@ -259,8 +413,9 @@ impl Relay {
             }
             if self.dovecot.is_some() {
                 panic!(
-                    "dovecot does not listen on {}\n{}",
+                    "dovecot does not listen on {} and {}\n{}",
                     self.imap_addr,
+                    self.imaps_addr,
                     self.logs()
                 );
             }
@@ -270,7 +425,7 @@ impl Relay {
 
     /// A path inside the relay's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.root.join(name)
     }
 
     /// The `vmail` user.
@@ -321,9 +476,14 @@ impl Relay {
         &self.nocreate_file
     }
 
-    /// Where Dovecot accepts IMAP connections.
+    /// Where Dovecot accepts IMAP connections (plaintext, or STARTTLS).
     pub fn imap_addr(&self) -> SocketAddr {
         self.imap_addr
+    }
+
+    /// Where Dovecot accepts IMAPS connections (TLS from the first byte).
+    pub fn imaps_addr(&self) -> SocketAddr {
+        self.imaps_addr
     }
 
     /// A new IMAP connection, past the greeting; panics with the logs on failure.
@@ -385,7 +545,10 @@ impl Relay {
 
     /// Bodies of the push notifications the gateway received so far (one token each).
     pub fn pushes(&self) -> Vec<String> {
-        self.gateway.bodies()
+        self.gateway
+            .as_ref()
+            .map(Gateway::bodies)
+            .unwrap_or_default()
     }
 
     /// Delivers `message` (CRLF lines, without the final dot) from `from` to `to` through
@@ -441,6 +604,12 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        if self.detached {
+            if let Some(dir) = &mut self.dir {
+                dir.disable_cleanup(true);
+            }
+            return;
+        }
         // Dovecot first: its processes hold connections to the daemons.
         for child in [
             &mut self.dovecot,
@@ -453,8 +622,13 @@ impl Drop for Relay {
             }
         }
         if std::env::var_os(KEEP_ENV).is_some_and(|value| !value.is_empty()) {
-            self.dir.disable_cleanup(true);
-            eprintln!("{KEEP_ENV}: kept {}", self.dir.path().display());
+            if let Some(dir) = &mut self.dir {
+                dir.disable_cleanup(true);
+            }
+            eprintln!("{KEEP_ENV}: kept {}", self.root.display());
+        } else if self.dir.is_none() {
+            // A state dir given in the options: removed here, as a temp dir would be.
+            let _ = fs::remove_dir_all(&self.root);
         }
     }
 }
@@ -497,6 +671,29 @@ pub(crate) fn read_lossy(path: &Path) -> String {
         Err(err) if err.kind() == io::ErrorKind::NotFound => "(no file)\n".to_string(),
         Err(err) => format!("(cannot read: {err})\n"),
     }
+}
+
+/// A message file of a maildir as text: Dovecot's zlib plugin (`zlib_save = gz`) stores
+/// messages gzipped, so a gzip file is read through `gzip -dc`.
+pub fn read_message(path: &Path) -> String {
+    let bytes =
+        fs::read(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let output = Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run gzip: {err}"));
+    assert!(
+        output.status.success(),
+        "gzip -dc {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.

@@ -1,0 +1,168 @@
+//! TLS for the relay: a self-signed certificate made with the `openssl` command line (as a
+//! chatmail relay with an underscore domain makes its own), and a client that accepts any
+//! certificate, as Delta Chat does when told to (`ic=3` in a `dclogin:` URL).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+/// Where the `openssl` command line lives on Debian (package `openssl`).
+pub const OPENSSL: &str = "/usr/bin/openssl";
+
+/// How long one read or write may block.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes a self-signed EC P-256 certificate for `domain` (plus `127.0.0.1`) to `cert` and
+/// its key to `key` (mode 0600), valid for 100 years. Panics with openssl's output on
+/// failure.
+pub fn self_signed(domain: &str, cert: &Path, key: &Path) {
+    let output = Command::new(OPENSSL)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-noenc", "-days", "36500", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .arg("-subj")
+        .arg(format!("/CN={domain}"))
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth,clientAuth"])
+        .arg("-addext")
+        .arg(format!(
+            "subjectAltName=DNS:{domain},DNS:www.{domain},DNS:mta-sts.{domain},IP:127.0.0.1"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {OPENSSL}: {err}"));
+    assert!(
+        output.status.success(),
+        "openssl req failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A TLS connection to a relay service, certificate not checked.
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects to `addr` and completes a TLS handshake with SNI `server_name`, accepting any
+/// certificate.
+pub fn connect(addr: SocketAddr, server_name: &str) -> io::Result<TlsStream> {
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    wrap(tcp, server_name)
+}
+
+/// Starts TLS on an established connection (after STARTTLS, or at once for implicit TLS)
+/// and completes the handshake.
+pub fn wrap(tcp: TcpStream, server_name: &str) -> io::Result<TlsStream> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+    let connection = ClientConnection::new(client_config(), name).map_err(io::Error::other)?;
+    let mut stream = StreamOwned::new(connection, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// Reads one line (up to and without CRLF) from a TLS stream.
+pub fn read_line(reader: &mut BufReader<TlsStream>) -> io::Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Writes `line` and CRLF.
+pub fn write_line(reader: &mut BufReader<TlsStream>, line: &str) -> io::Result<()> {
+    let stream = reader.get_mut();
+    stream.write_all(format!("{line}\r\n").as_bytes())?;
+    stream.flush()
+}
+
+/// Reads everything until the peer closes (for tests that expect a close).
+pub fn read_to_end(reader: &mut BufReader<TlsStream>) -> io::Result<Vec<u8>> {
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    Ok(rest)
+}
+
+fn client_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Accepts every server certificate, but still checks the handshake signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
