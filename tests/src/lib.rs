@@ -24,8 +24,10 @@
 //! * [`gateway`]: a local push notification gateway that records what it receives.
 //! * [`templates`]: renders the Postfix and Dovecot templates in `packaging/conf/`.
 //! * [`tls`]: the relay's self-signed certificate and a TLS client that accepts it.
+//! * [`dclogin`]: `dclogin:` account URLs for the Delta Chat scenarios.
 
 pub mod binaries;
+pub mod dclogin;
 pub mod dovecot_conf;
 pub mod gateway;
 pub mod host;
