@@ -23,7 +23,7 @@ use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::SerializeInto;
 use openpgp::types::{
-    AEADAlgorithm, CompressionAlgorithm, Curve, Features, HashAlgorithm, KeyFlags, SignatureType,
+    CompressionAlgorithm, Curve, Features, HashAlgorithm, KeyFlags, SignatureType,
     SymmetricAlgorithm,
 };
 
@@ -123,7 +123,7 @@ fn generate(addr: &str) -> openpgp::Result<BotKey> {
     subkey.set_creation_time(created)?;
 
     let mut features = Features::empty().set_seipdv1();
-    if AEADAlgorithm::OCB.is_supported() {
+    if crate::pgp::can_decrypt_seipdv2() {
         features = features.set_seipdv2();
     }
     let mut signer = primary.clone().into_keypair()?;

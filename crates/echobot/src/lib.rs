@@ -10,22 +10,102 @@
 
 pub mod autocrypt;
 pub mod error;
+pub mod invite;
 pub mod key;
 pub mod message;
 pub mod pgp;
+pub mod securejoin;
 pub mod state;
 
 pub use error::{Error, Result};
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Starts the bot: loads or creates its account and key in `state_dir`.
-///
-/// The IMAP/SMTP service loop does not exist yet; this returns an error after the
-/// start-up so that nobody mistakes the binary for a working bot.
-pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result<()> {
+/// The bot's display name in invites.
+pub const DISPLAY_NAME: &str = "Echo Bot";
+
+/// Everything the bot loads or creates at start.
+#[derive(Debug, Clone)]
+pub struct Bot {
+    /// Its account on the relay.
+    pub credentials: key::Credentials,
+    /// Its OpenPGP key.
+    pub key: key::BotKey,
+    /// Its SecureJoin tokens.
+    pub tokens: securejoin::Tokens,
+    /// The invite link, as written to `invite-link.txt`.
+    pub invite_link: String,
+}
+
+/// Loads or creates the account, key and SecureJoin tokens in `state_dir`, and writes the
+/// invite link and QR code there (atomically, at every start).
+pub fn start(config: &chatmail_config::Config, state_dir: &Path) -> Result<Bot> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let credentials = key::Credentials::load_or_generate(state_dir, config)?;
     let key = key::BotKey::load_or_generate(state_dir, &credentials.addr)?;
-    tracing::info!("account {} key {}", credentials.addr, key.fingerprint());
+    let tokens = securejoin::Tokens::load_or_generate(state_dir, now)?;
+    let fingerprint = key.fingerprint();
+    let auth = tokens
+        .current_auth()
+        .map(|a| a.token.clone())
+        .unwrap_or_default();
+    let invite_link = invite::Invite {
+        fingerprint: &fingerprint,
+        invitenumber: &tokens.invitenumber,
+        auth: &auth,
+        addr: &credentials.addr,
+        name: DISPLAY_NAME,
+        v3: pgp::can_decrypt_seipdv2(),
+    }
+    .link();
+    invite::write_invite(state_dir, &invite_link)?;
+    Ok(Bot {
+        credentials,
+        key,
+        tokens,
+        invite_link,
+    })
+}
+
+/// Runs the bot.
+///
+/// The IMAP/SMTP service loop does not exist yet: after [`start`] this logs the invite
+/// and returns an error, so that nobody mistakes the binary for a working bot.
+pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result<()> {
+    let bot = start(config, state_dir)?;
+    tracing::info!(
+        "account {} key {}",
+        bot.credentials.addr,
+        bot.key.fingerprint()
+    );
+    tracing::info!("invite link: {}", bot.invite_link);
     anyhow::bail!("the IMAP/SMTP service loop is not implemented yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_reuses_account_key_and_invite() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = chatmail_config::Config::parse(
+            "[params]\nmail_domain = example.org\n",
+            Path::new("chatmail.ini"),
+        )
+        .unwrap();
+        let first = start(&config, dir.path()).unwrap();
+        let second = start(&config, dir.path()).unwrap();
+        assert_eq!(first.credentials, second.credentials);
+        assert_eq!(first.key.fingerprint(), second.key.fingerprint());
+        assert_eq!(first.invite_link, second.invite_link);
+        let written = std::fs::read_to_string(dir.path().join(invite::LINK_FILE)).unwrap();
+        assert_eq!(written.trim_end(), first.invite_link);
+        assert!(written.contains(&first.key.fingerprint()));
+        assert!(dir.path().join(invite::QR_FILE).exists());
+    }
 }

@@ -319,10 +319,7 @@ pub fn receive(
     let decrypted = match pgp::decrypt(&payload, key, sender_of) {
         Ok(decrypted) => decrypted,
         Err(err) if passwords.is_empty() => return Err(err),
-        Err(_) => {
-            // Unsigned in SecureJoin v3; a signature would be checked against no key.
-            pgp::decrypt_with_passwords(&payload, passwords, Vec::new())?
-        }
+        Err(_) => pgp::decrypt_with_passwords(&payload, passwords, sender_of)?,
     };
     let content = parse_content(&decrypted.plaintext)?;
     let sender_cert = autocrypt_for(&content)

@@ -24,6 +24,13 @@ use openpgp::{Cert, Fingerprint, KeyHandle};
 use crate::error::{Error, Result};
 use crate::key::BotKey;
 
+/// Whether this build can decrypt SEIPDv2 with AES-OCB, what Delta Chat uses for
+/// SecureJoin v3 and for keys that advertise SEIPDv2. Nettle before 3.9 (Debian 12) has
+/// no OCB.
+pub fn can_decrypt_seipdv2() -> bool {
+    openpgp::types::AEADAlgorithm::OCB.is_supported()
+}
+
 /// What decryption yielded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decrypted {
@@ -148,13 +155,18 @@ pub fn decrypt(
 }
 
 /// Decrypts a password-based message with the first of `passwords` that opens one of its
-/// SKESKs. Signatures are checked against `certs` (may be empty).
+/// SKESKs. As with [`decrypt`], a signature is checked against what `sender_cert` finds
+/// for the plaintext.
 pub fn decrypt_with_passwords(
     message: &[u8],
     passwords: &[String],
-    certs: Vec<Cert>,
+    sender_cert: impl FnOnce(&[u8]) -> Option<Cert>,
 ) -> Result<Decrypted> {
-    run_decryptor(message, Keys::Passwords(passwords), certs)
+    let first = run_decryptor(message, Keys::Passwords(passwords), Vec::new())?;
+    let Some(cert) = sender_cert(&first.plaintext) else {
+        return Ok(first);
+    };
+    run_decryptor(message, Keys::Passwords(passwords), vec![cert])
 }
 
 enum Keys<'a> {
@@ -385,13 +397,13 @@ pub(crate) mod tests {
             "securejoin/FP/AUTH".to_owned(),
         ];
         let decrypted =
-            decrypt_with_passwords(armored.as_bytes(), &passwords, vec![bot.public_cert()])
+            decrypt_with_passwords(armored.as_bytes(), &passwords, |_| Some(bot.public_cert()))
                 .unwrap();
         assert_eq!(decrypted.plaintext, b"Secure-Join");
         assert_eq!(decrypted.password_index, Some(1));
         assert_eq!(decrypted.signed_by, [bot.public_cert().fingerprint()]);
         let wrong = vec!["securejoin/FP/NOPE".to_owned()];
-        assert!(decrypt_with_passwords(armored.as_bytes(), &wrong, Vec::new()).is_err());
+        assert!(decrypt_with_passwords(armored.as_bytes(), &wrong, |_| None).is_err());
     }
 
     #[test]
@@ -405,7 +417,7 @@ pub(crate) mod tests {
         literal.write_all(b"Secure-Join").unwrap();
         literal.finalize().unwrap();
         let decrypted =
-            decrypt_with_passwords(&sink, &["securejoin/X/Y".to_owned()], Vec::new()).unwrap();
+            decrypt_with_passwords(&sink, &["securejoin/X/Y".to_owned()], |_| None).unwrap();
         assert_eq!(decrypted.plaintext, b"Secure-Join");
         assert!(decrypted.signed_by.is_empty());
     }
