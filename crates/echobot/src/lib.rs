@@ -14,6 +14,7 @@ pub mod invite;
 pub mod key;
 pub mod message;
 pub mod pgp;
+pub mod process;
 pub mod securejoin;
 pub mod state;
 

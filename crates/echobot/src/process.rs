@@ -1,0 +1,192 @@
+//! One received message in, at most one reply out: decryption, the ignore rules, echo,
+//! `/help` and SecureJoin, without any I/O.
+
+use crate::Bot;
+use crate::autocrypt;
+use crate::error::Result;
+use crate::message::{
+    Built, HELP_TEXT, Ignored, Outgoing, Verdict, build_encrypted, classify, receive,
+};
+use crate::securejoin::{self, Action};
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The envelope recipient.
+    pub to: String,
+    /// The message.
+    pub built: Built,
+}
+
+/// What became of a received message, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Echoed (text and/or file) to the sender.
+    Echoed,
+    /// `/help` answered.
+    Helped,
+    /// A SecureJoin step answered (its reply's `Secure-Join` value).
+    SecureJoin(&'static str),
+    /// A SecureJoin message left unanswered, and why.
+    SecureJoinIgnored(&'static str),
+    /// No reply, and why.
+    Ignored(Ignored),
+    /// Could not be decrypted or parsed.
+    Unreadable(String),
+}
+
+/// Decides and builds the answer to one raw message. `now` is Unix time (SecureJoin token
+/// age). Errors only for failures to build a reply; unreadable input is an [`Outcome`].
+pub fn process(bot: &Bot, raw: &[u8], now: u64) -> Result<(Outcome, Option<Reply>)> {
+    let fingerprint = bot.key.fingerprint();
+    let passwords = bot.tokens.passwords(&fingerprint);
+    let received = match receive(raw, &bot.key, &passwords, |_| None) {
+        Ok(received) => received,
+        Err(err) => return Ok((Outcome::Unreadable(err.to_string()), None)),
+    };
+    let addr = bot.credentials.addr.as_str();
+    let in_reply_to = received.content.headers.get("message-id").map(|id| {
+        id.trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned()
+    });
+    let verdict = classify(addr, &received);
+    let (outcome, text) = match verdict {
+        Verdict::Ignore(why) => return Ok((Outcome::Ignored(why), None)),
+        Verdict::SecureJoin(step) => {
+            let action = securejoin::handle(&step, &received, &bot.tokens, &fingerprint, now);
+            let (outcome, to) = match &action {
+                Action::Ignore(why) => return Ok((Outcome::SecureJoinIgnored(why), None)),
+                Action::SendAuthRequired { peer, .. } => {
+                    (Outcome::SecureJoin("vc-auth-required"), peer.clone())
+                }
+                Action::SendPubkey { peer, .. } => (Outcome::SecureJoin("vc-pubkey"), peer.clone()),
+                Action::SendContactConfirm { peer, .. } => {
+                    (Outcome::SecureJoin("vc-contact-confirm"), peer.clone())
+                }
+            };
+            let built = securejoin::build_reply(&action, &bot.key, addr, in_reply_to.as_deref())?;
+            return Ok((outcome, built.map(|built| Reply { to, built })));
+        }
+        Verdict::Help => (Outcome::Helped, HELP_TEXT.to_owned()),
+        Verdict::Echo => (
+            Outcome::Echoed,
+            received.content.text.clone().unwrap_or_default(),
+        ),
+    };
+    // classify() only echoes authenticated mail, which has a sender and its key.
+    let (Some(peer), Some(peer_cert)) = (received.outer.from.clone(), received.sender_cert.clone())
+    else {
+        return Ok((Outcome::Ignored(Ignored::Unauthenticated), None));
+    };
+    let own = autocrypt::Header::new(addr, bot.key.secret_cert(), true);
+    let gossip = autocrypt::Header::new(&peer, &peer_cert, false);
+    let subject = format!("Message from {addr}");
+    let attachment = match outcome {
+        Outcome::Echoed => received.content.attachment.as_ref(),
+        _ => None,
+    };
+    let outgoing = Outgoing {
+        from: addr,
+        to: &peer,
+        subject: &subject,
+        text: &text,
+        attachment,
+        in_reply_to: in_reply_to.as_deref(),
+        extra_headers: Vec::new(),
+        autocrypt: &own,
+        gossip: vec![&gossip],
+    };
+    let bot_cert = bot.key.public_cert();
+    let built = build_encrypted(&outgoing, &[&peer_cert, &bot_cert], &bot.key)?;
+    Ok((outcome, Some(Reply { to: peer, built })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Credentials;
+    use crate::key::tests::{alice, bob};
+    use crate::message::tests::{BOT, PEER, client_inner, client_message};
+    use crate::securejoin::{AuthToken, Tokens};
+
+    fn bot() -> Bot {
+        Bot {
+            credentials: Credentials {
+                addr: BOT.into(),
+                password: "x".into(),
+            },
+            key: alice().clone(),
+            tokens: Tokens {
+                invitenumber: "INVITEnumber_0123456789a".into(),
+                auths: vec![AuthToken {
+                    token: "AUTHtoken-0123456789abcd".into(),
+                    created: 0,
+                }],
+            },
+            invite_link: String::new(),
+        }
+    }
+
+    fn at_bob(reply: &Reply) -> crate::message::Received {
+        assert_eq!(reply.to, PEER);
+        receive(&reply.built.raw, bob(), &[], |_| None).unwrap()
+    }
+
+    #[test]
+    fn text_is_echoed_to_the_sender() {
+        let raw = client_message(&client_inner("", "Hello \r\n\u{1F600} world"));
+        let (outcome, reply) = process(&bot(), &raw, 0).unwrap();
+        assert_eq!(outcome, Outcome::Echoed);
+        let echoed = at_bob(&reply.unwrap());
+        assert!(echoed.is_authenticated());
+        assert_eq!(
+            echoed.content.text.as_deref(),
+            Some("Hello \u{1F600} world")
+        );
+        assert_eq!(
+            echoed.content.headers.get("in-reply-to"),
+            Some("<m1@localhost>")
+        );
+    }
+
+    #[test]
+    fn help_is_answered() {
+        let raw = client_message(&client_inner("", "/help"));
+        let (outcome, reply) = process(&bot(), &raw, 0).unwrap();
+        assert_eq!(outcome, Outcome::Helped);
+        let answer = at_bob(&reply.unwrap());
+        assert_eq!(answer.content.text.as_deref(), Some(HELP_TEXT));
+    }
+
+    #[test]
+    fn bots_and_garbage_get_nothing() {
+        let raw = client_message(&client_inner("Auto-Submitted: auto-generated\r\n", "hi"));
+        assert_eq!(
+            process(&bot(), &raw, 0).unwrap(),
+            (Outcome::Ignored(Ignored::AutoSubmitted), None)
+        );
+        let (outcome, reply) = process(&bot(), b"\x00\x01 not mail", 0).unwrap();
+        assert!(reply.is_none(), "{outcome:?}");
+    }
+
+    #[test]
+    fn undecryptable_mail_is_reported_not_answered() {
+        // Encrypted to Bob only.
+        let armored = crate::pgp::tests::client_message(
+            client_inner("", "hi").as_bytes(),
+            bob(),
+            &[&bob().public_cert()],
+        );
+        let raw = crate::message::build_outer(
+            PEER,
+            "m1@localhost",
+            "Sun, 29 Nov 2026 20:00:00 +0000",
+            std::str::from_utf8(&armored).unwrap(),
+        );
+        let (outcome, reply) = process(&bot(), raw.as_bytes(), 0).unwrap();
+        assert!(matches!(outcome, Outcome::Unreadable(_)), "{outcome:?}");
+        assert!(reply.is_none());
+    }
+}
