@@ -6,6 +6,14 @@
 //! `cargo bench -p chatmail-metadata --bench socket`
 //!
 //! - `BENCH_SECONDS` (default 5): duration of each scenario.
+//! - `BENCH_CONNECTIONS` (default `1,8,64`): the connection counts of the pair scenarios.
+//! - `BENCH_DIR`: where the temporary relay lives (default: the system temp dir). Every
+//!   token write creates a file (temp + rename), so the file system shows in the figures.
+//! - `BENCH_NOTIFY=0`: skip the `messagenew` scenario (e.g. while profiling the pairs).
+//! - `METADATA_BENCH_UPSTREAM`: a command prefix (e.g. `/venv/bin/chatmail-metadata`) run
+//!   as `CMD SOCKET INI` in a relay of its own; the pair scenarios then run against it too
+//!   and ours/upstream ratios are printed. Not the `messagenew` scenario: upstream's
+//!   notification URL is hard-coded to the real service.
 //!
 //! One request in flight per connection: send a transaction or lookup, read the reply
 //! line, record the latency. The load generator and the gateway run on the same machine as
@@ -51,6 +59,22 @@ const UPSTREAM_RSS_PEAK_MIB: f64 = 37.0;
 
 const PAIR_CONNECTIONS: &[usize] = &[1, 8, 64];
 
+/// `BENCH_CONNECTIONS` as a list, else [`PAIR_CONNECTIONS`].
+fn pair_connections() -> Vec<usize> {
+    match std::env::var("BENCH_CONNECTIONS") {
+        Ok(list) => list
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("BENCH_CONNECTIONS must be a comma-separated list of numbers")
+            })
+            .collect(),
+        Err(_) => PAIR_CONNECTIONS.to_vec(),
+    }
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let seconds: f64 = match std::env::var("BENCH_SECONDS") {
@@ -63,45 +87,87 @@ fn main() {
     let duration = Duration::from_secs_f64(seconds);
     print_header(bench_mode, seconds);
 
+    let upstream: Option<Vec<String>> = std::env::var("METADATA_BENCH_UPSTREAM")
+        .ok()
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .filter(|v: &Vec<String>| !v.is_empty());
+    let notify = std::env::var("BENCH_NOTIFY").as_deref() != Ok("0");
+
     let gateway = Gateway::start();
-    let relay = Relay::new(gateway.port);
     let bin = env!("CARGO_BIN_EXE_chatmail-metadata");
-    let mut daemon = relay.start(bin);
+    let ours = run_target(Launch::Ours(bin.to_owned()), &gateway, duration, notify);
+    // Upstream POSTs to the real notification service (its URL is hard-coded): never
+    // send it messagenew.
+    let theirs = upstream.map(|cmd| run_target(Launch::Upstream(cmd), &gateway, duration, false));
+    print_report(&ours, theirs.as_ref(), seconds);
+}
+
+/// How a daemon is started.
+enum Launch {
+    /// Our binary, ready when it sends READY=1.
+    Ours(String),
+    /// A command prefix run as `CMD SOCKET INI`, ready when its socket accepts.
+    Upstream(Vec<String>),
+}
+
+/// The figures of one daemon.
+struct Target {
+    name: &'static str,
+    command: String,
+    pairs: Vec<(usize, Measured)>,
+    notify: Option<Notify>,
+    idle_rss_kib: u64,
+    peak_rss_kib: u64,
+    threads: u64,
+}
+
+fn run_target(launch: Launch, gateway: &Gateway, duration: Duration, notify: bool) -> Target {
+    let relay = Relay::new(gateway.port);
+    let (name, command) = match &launch {
+        Launch::Ours(bin) => ("ours (Rust)", format!("{bin} SOCKET INI")),
+        Launch::Upstream(cmd) => ("upstream (Python)", format!("{} SOCKET INI", cmd.join(" "))),
+    };
+    eprintln!("{name}: {command}");
+    let mut daemon = relay.start(&launch);
     let pid = daemon.pid();
     thread::sleep(Duration::from_millis(300));
     let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let socket = relay.path("metadata.socket");
 
     let mut pairs = Vec::new();
-    for &connections in PAIR_CONNECTIONS {
+    for connections in pair_connections() {
         eprintln!("devicetoken SET+LOOKUP x{connections} for {duration:?}");
         let m = run_pairs(&socket, pid, connections, duration);
-        assert!(daemon.alive(), "chatmail-metadata died:\n{}", relay.log());
+        assert!(daemon.alive(), "{name} died:\n{}", relay.log());
         if let Some(err) = &m.first_error {
             eprintln!("  {} errors, first: {err}", m.errors);
         }
         pairs.push((connections, m));
     }
 
-    eprintln!("messagenew x{NOTIFY_CONNECTIONS} for {duration:?}");
-    let notify = run_notify(&socket, pid, &gateway, duration);
-    assert!(daemon.alive(), "chatmail-metadata died:\n{}", relay.log());
-    if let Some(err) = &notify.first_error {
-        eprintln!("  {} errors, first: {err}", notify.errors);
-    }
+    let notify = notify.then(|| {
+        eprintln!("messagenew x{NOTIFY_CONNECTIONS} for {duration:?}");
+        let queue = relay.path("mail").join("pending_notifications");
+        let notify = run_notify(&socket, pid, gateway, &queue, duration);
+        assert!(daemon.alive(), "{name} died:\n{}", relay.log());
+        if let Some(err) = &notify.first_error {
+            eprintln!("  {} errors, first: {err}", notify.errors);
+        }
+        notify
+    });
 
     let peak_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let threads = proc_status_kib(pid, "Threads:").unwrap_or(0);
     drop(daemon);
-    print_report(
-        &pairs,
-        &notify,
+    Target {
+        name,
+        command,
+        pairs,
+        notify,
         idle_rss_kib,
         peak_rss_kib,
         threads,
-        &format!("{bin} SOCKET INI"),
-        seconds,
-    );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -109,8 +175,16 @@ fn main() {
 
 fn print_header(bench_mode: bool, seconds: f64) {
     let mut command = String::new();
-    if let Ok(value) = std::env::var("BENCH_SECONDS") {
-        let _ = write!(command, "BENCH_SECONDS={value} ");
+    for var in [
+        "BENCH_SECONDS",
+        "BENCH_CONNECTIONS",
+        "BENCH_DIR",
+        "BENCH_NOTIFY",
+        "METADATA_BENCH_UPSTREAM",
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            let _ = write!(command, "{var}={value} ");
+        }
     }
     command.push_str(if bench_mode {
         "cargo bench -p chatmail-metadata --bench socket"
@@ -268,10 +342,13 @@ struct Relay {
 
 impl Relay {
     fn new(gateway_port: u16) -> Relay {
+        let base = std::env::var_os("BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("metadata-bench")
-            .tempdir()
-            .expect("temp dir");
+            .tempdir_in(&base)
+            .unwrap_or_else(|err| panic!("temp dir in {}: {err}", base.display()));
         let mail = dir.path().join("mail");
         let ini = format!(
             "[params]\n\
@@ -294,14 +371,22 @@ impl Relay {
         self.dir.path().join(name)
     }
 
-    fn start(&self, bin: &str) -> Daemon {
+    fn start(&self, launch: &Launch) -> Daemon {
         let socket = self.path("metadata.socket");
         let ini = self.path("chatmail.ini");
         let log = fs::File::create(self.path("daemon.log")).expect("daemon log");
         let notify_path = self.path("notify");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let child = Command::new(bin)
+        let mut command = match launch {
+            Launch::Ours(bin) => Command::new(bin),
+            Launch::Upstream(cmd) => {
+                let mut command = Command::new(&cmd[0]);
+                command.args(&cmd[1..]);
+                command
+            }
+        };
+        let child = command
             .arg(&socket)
             .arg(&ini)
             .env("NOTIFY_SOCKET", &notify_path)
@@ -311,16 +396,31 @@ impl Relay {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start chatmail-metadata");
-        let daemon = Daemon { child };
-        let mut buf = [0u8; 256];
-        let n = notify.recv(&mut buf).unwrap_or_else(|err| {
-            panic!(
-                "no READY=1 from chatmail-metadata within {IO_TIMEOUT:?}: {err}\n{}",
-                self.log()
-            )
-        });
-        assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+            .expect("start the daemon");
+        let mut daemon = Daemon { child };
+        match launch {
+            Launch::Ours(_) => {
+                let mut buf = [0u8; 256];
+                let n = notify.recv(&mut buf).unwrap_or_else(|err| {
+                    panic!(
+                        "no READY=1 from chatmail-metadata within {IO_TIMEOUT:?}: {err}\n{}",
+                        self.log()
+                    )
+                });
+                assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+            }
+            Launch::Upstream(_) => {
+                let deadline = Instant::now() + IO_TIMEOUT;
+                while UnixStream::connect(&socket).is_err() {
+                    assert!(
+                        daemon.alive() && Instant::now() < deadline,
+                        "upstream's daemon did not listen within {IO_TIMEOUT:?}:\n{}",
+                        self.log()
+                    );
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         daemon
     }
 
@@ -556,7 +656,8 @@ struct Notify {
     /// Bodies at the gateway during the load, and by the end of the drain.
     delivered_in_load: u64,
     delivered_total: u64,
-    /// From the start of the load to the last body counted (or the drain's bound).
+    /// From the start of the load until every body was counted and the queue directory
+    /// was empty (or the drain's bound).
     until_drained: Duration,
     drained: bool,
     errors: u64,
@@ -565,7 +666,13 @@ struct Notify {
 
 /// Scenario 2: [`NOTIFY_USERS`] users with one token each; `messagenew` SETs for them in
 /// turn on [`NOTIFY_CONNECTIONS`] connections; the gateway counts what arrives.
-fn run_notify(socket: &Path, pid: u32, gateway: &Gateway, duration: Duration) -> Notify {
+fn run_notify(
+    socket: &Path,
+    pid: u32,
+    gateway: &Gateway,
+    queue: &Path,
+    duration: Duration,
+) -> Notify {
     // One token per user.
     let stream = connect(socket).expect("connect");
     let mut reader = BufReader::new(&stream);
@@ -616,25 +723,20 @@ fn run_notify(socket: &Path, pid: u32, gateway: &Gateway, duration: Duration) ->
         result
     });
     let delivered_in_load = gateway.received() - before;
+    // End to end: every accepted messagenew POSTed and its queue file deleted.
     let target = before + load.ok;
     let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    let mut last = gateway.received();
-    let mut last_at = Instant::now();
-    while gateway.received() < target && Instant::now() < drain_deadline {
-        thread::sleep(Duration::from_millis(5));
-        let now = gateway.received();
-        if now != last {
-            last = now;
-            last_at = Instant::now();
+    let drained = loop {
+        if gateway.received() >= target && queue_is_empty(queue) {
+            break true;
         }
-    }
-    let delivered_total = gateway.received() - before;
-    let drained = delivered_total >= load.ok;
-    let until_drained = if drained {
-        last_at.max(start + load.elapsed) - start
-    } else {
-        start.elapsed()
+        if Instant::now() >= drain_deadline {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(2));
     };
+    let until_drained = start.elapsed();
+    let delivered_total = gateway.received() - before;
     let errors = load.errors;
     let first_error = load.first_error.clone();
     Notify {
@@ -648,90 +750,111 @@ fn run_notify(socket: &Path, pid: u32, gateway: &Gateway, duration: Duration) ->
     }
 }
 
+/// No file left in the notification queue.
+fn queue_is_empty(queue: &Path) -> bool {
+    fs::read_dir(queue).is_ok_and(|mut entries| entries.next().is_none())
+}
+
 // ---------------------------------------------------------------------------------------
 // Report
 
-fn print_report(
-    pairs: &[(usize, Measured)],
-    notify: &Notify,
-    idle_rss_kib: u64,
-    peak_rss_kib: u64,
-    threads: u64,
-    command: &str,
-    seconds: f64,
-) {
+fn print_report(ours: &Target, theirs: Option<&Target>, seconds: f64) {
     println!("## devicetoken SET transaction then LOOKUP ({seconds} s per scenario)");
-    println!();
-    println!(
-        "| connections | pairs/s | set p50 ms | set p99 ms | get p50 ms | get p99 ms | errors | daemon cores | load-gen cores | RSS after MiB | pairs/s vs upstream | set p99 upstream/ours | get p99 upstream/ours |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (connections, m) in pairs {
-        let up = UPSTREAM.iter().find(|u| u.0 == *connections);
-        let (vs, set_ratio, get_ratio) = match up {
-            Some(&(_, rate, set99, get99)) => (
-                format!("{:.1}x", m.per_sec() / rate),
-                format!(
-                    "{:.1}x",
-                    set99 / (m.set_p99.as_secs_f64() * 1000.0).max(1e-9)
-                ),
-                format!(
-                    "{:.1}x",
-                    get99 / (m.get_p99.as_secs_f64() * 1000.0).max(1e-9)
-                ),
-            ),
-            None => ("?".into(), "?".into(), "?".into()),
-        };
+    for target in std::iter::once(ours).chain(theirs) {
+        println!();
+        println!("### {}: `{}`", target.name, target.command);
+        println!();
         println!(
-            "| {connections} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {vs} | {set_ratio} | {get_ratio} |",
-            thousands(m.per_sec()),
-            ms(m.set_p50),
-            ms(m.set_p99),
-            ms(m.get_p50),
-            ms(m.get_p99),
-            m.errors,
-            m.daemon_cores,
-            m.client_cores,
-            mib(m.rss_after_kib),
+            "| connections | pairs/s | set p50 ms | set p99 ms | get p50 ms | get p99 ms | errors | daemon cores | load-gen cores | RSS after MiB | pairs/s vs figures.md | set p99 figures.md/this | get p99 figures.md/this |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (connections, m) in &target.pairs {
+            let up = UPSTREAM.iter().find(|u| u.0 == *connections);
+            let (vs, set_ratio, get_ratio) = match up {
+                Some(&(_, rate, set99, get99)) => (
+                    format!("{:.1}x", m.per_sec() / rate),
+                    ratio(set99, m.set_p99),
+                    ratio(get99, m.get_p99),
+                ),
+                None => ("?".into(), "?".into(), "?".into()),
+            };
+            println!(
+                "| {connections} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {vs} | {set_ratio} | {get_ratio} |",
+                thousands(m.per_sec()),
+                ms(m.set_p50),
+                ms(m.set_p99),
+                ms(m.get_p50),
+                ms(m.get_p99),
+                m.errors,
+                m.daemon_cores,
+                m.client_cores,
+                mib(m.rss_after_kib),
+            );
+        }
+    }
+    if let Some(theirs) = theirs {
+        println!();
+        println!("### ours / upstream, same run");
+        println!();
+        println!(
+            "| connections | pairs/s ours/upstream | set p99 upstream/ours | get p99 upstream/ours |"
+        );
+        println!("|---:|---:|---:|---:|");
+        for (connections, m) in &ours.pairs {
+            if let Some((_, u)) = theirs.pairs.iter().find(|(c, _)| c == connections) {
+                println!(
+                    "| {connections} | {:.1}x | {} | {} |",
+                    m.per_sec() / u.per_sec().max(1e-9),
+                    ratio(u.set_p99.as_secs_f64() * 1000.0, m.set_p99),
+                    ratio(u.get_p99.as_secs_f64() * 1000.0, m.get_p99),
+                );
+            }
+        }
+    }
+    if let Some(notify) = &ours.notify {
+        let load = &notify.load;
+        println!();
+        println!(
+            "## messagenew for {NOTIFY_USERS} users with one token each, {NOTIFY_CONNECTIONS} connections ({seconds} s), ours"
+        );
+        println!();
+        println!(
+            "| messagenew/s accepted | p50 ms | p99 ms | errors | delivered/s during load | delivered in total | end-to-end delivered/s | drained (POSTed, queue empty) | daemon cores |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} in {:.2} s | {:.2} |",
+            thousands(load.per_sec()),
+            ms(load.set_p50),
+            ms(load.set_p99),
+            notify.errors,
+            thousands(notify.delivered_in_load as f64 / load.elapsed.as_secs_f64().max(1e-9)),
+            thousands(notify.delivered_total as f64),
+            thousands(notify.delivered_total as f64 / notify.until_drained.as_secs_f64().max(1e-9)),
+            if notify.drained { "yes" } else { "no" },
+            notify.until_drained.as_secs_f64(),
+            load.daemon_cores,
+        );
+        if let Some(err) = &notify.first_error {
+            println!();
+            println!("- first messagenew error: {err}");
+        }
+    }
+    println!();
+    for target in std::iter::once(ours).chain(theirs) {
+        println!(
+            "- {}: RSS {:.1} MiB idle, {:.1} MiB peak (VmHWM), {} threads at the end",
+            target.name,
+            mib(target.idle_rss_kib),
+            mib(target.peak_rss_kib),
+            target.threads,
         );
     }
-    println!();
-    let load = &notify.load;
     println!(
-        "## messagenew for {NOTIFY_USERS} users with one token each, {NOTIFY_CONNECTIONS} connections ({seconds} s)"
+        "- figures.md's upstream: RSS {UPSTREAM_RSS_IDLE_MIB} MiB idle, {UPSTREAM_RSS_PEAK_MIB} MiB peak"
     );
-    println!();
-    println!(
-        "| messagenew/s accepted | p50 ms | p99 ms | errors | delivered/s during load | delivered in total | end-to-end delivered/s | drained | daemon cores |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
-    println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} in {:.2} s | {:.2} |",
-        thousands(load.per_sec()),
-        ms(load.set_p50),
-        ms(load.set_p99),
-        notify.errors,
-        thousands(notify.delivered_in_load as f64 / load.elapsed.as_secs_f64().max(1e-9)),
-        thousands(notify.delivered_total as f64),
-        thousands(notify.delivered_total as f64 / notify.until_drained.as_secs_f64().max(1e-9)),
-        if notify.drained { "yes" } else { "no" },
-        notify.until_drained.as_secs_f64(),
-        load.daemon_cores,
-    );
-    if let Some(err) = &notify.first_error {
-        println!();
-        println!("- first messagenew error: {err}");
-    }
-    println!();
-    println!(
-        "- `{command}`: RSS {:.1} MiB idle, {:.1} MiB peak (VmHWM), {threads} threads at the end; \
-         upstream {UPSTREAM_RSS_IDLE_MIB} idle, {UPSTREAM_RSS_PEAK_MIB} peak: {:.1}x / {:.1}x less",
-        mib(idle_rss_kib),
-        mib(peak_rss_kib),
-        UPSTREAM_RSS_IDLE_MIB / mib(idle_rss_kib).max(1e-9),
-        UPSTREAM_RSS_PEAK_MIB / mib(peak_rss_kib).max(1e-9),
-    );
-    let min_ratio = pairs
+    let min_ratio = ours
+        .pairs
         .iter()
         .filter_map(|(c, m)| {
             UPSTREAM
@@ -741,9 +864,17 @@ fn print_report(
         })
         .fold(f64::INFINITY, f64::min);
     println!(
-        "- goal (at least 10x upstream's pairs/s, RSS under 15 MiB): lowest pairs/s ratio {min_ratio:.1}x, peak RSS {:.1} MiB",
-        mib(peak_rss_kib)
+        "- goal (at least 10x upstream's pairs/s, RSS under 15 MiB): lowest pairs/s ratio to figures.md {min_ratio:.1}x, peak RSS {:.1} MiB",
+        mib(ours.peak_rss_kib)
     );
+}
+
+/// `reference_ms / measured`, as "12.3x".
+fn ratio(reference_ms: f64, measured: Duration) -> String {
+    format!(
+        "{:.1}x",
+        reference_ms / (measured.as_secs_f64() * 1000.0).max(1e-9)
+    )
 }
 
 fn mib(kib: u64) -> f64 {

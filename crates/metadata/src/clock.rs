@@ -31,6 +31,11 @@ impl Clock for SystemClock {
 
     fn sleep_until(&self, when: i64) -> Sleep<'_> {
         let wait = u64::try_from(when.saturating_sub(self.now())).unwrap_or(0);
+        if wait == 0 {
+            // tokio's timer fires a zero sleep only at its next millisecond tick: a level
+            // that slept for every due item would send at most 1,000 items a second.
+            return Box::pin(std::future::ready(()));
+        }
         Box::pin(tokio::time::sleep(Duration::from_secs(wait)))
     }
 }
@@ -84,5 +89,23 @@ impl Clock for ManualClock {
                 }
             });
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll, Waker};
+
+    /// A due item must not wait for the timer's next tick: the notifier's throughput
+    /// depends on it.
+    #[test]
+    fn sleeping_until_a_past_or_present_second_is_ready_at_once() {
+        let clock = SystemClock;
+        let mut cx = Context::from_waker(Waker::noop());
+        for when in [0, clock.now() - 1, clock.now()] {
+            let mut sleep = clock.sleep_until(when);
+            assert_eq!(sleep.as_mut().poll(&mut cx), Poll::Ready(()));
+        }
     }
 }

@@ -70,12 +70,11 @@ impl MetadataHandler {
         }
     }
 
-    async fn device_tokens(&self, addr: String) -> Result<String, HandlerError> {
-        let tokens = self.tokens.clone();
-        let now = self.clock.now();
-        let valid = tokio::task::spawn_blocking(move || tokens.valid_tokens(&addr, now))
+    async fn device_tokens(&self, addr: &str) -> Result<String, HandlerError> {
+        let valid = self
+            .tokens
+            .valid(addr, self.clock.now())
             .await
-            .map_err(|err| HandlerError::new(format!("token task failed: {err}")))?
             .map_err(|err| HandlerError::new(err.to_string()))?;
         Ok(valid.join(" "))
     }
@@ -89,7 +88,7 @@ impl Handler for MetadataHandler {
                 let addr = user.ok_or_else(|| {
                     HandlerError::new(format!("lookup of {key:?} without a user"))
                 })?;
-                LookupReply::Found(self.device_tokens(addr).await?)
+                LookupReply::Found(self.device_tokens(&addr).await?)
             }
             LookupKey::IrohRelay if !self.settings.iroh_relay.is_empty() => {
                 LookupReply::Found(self.settings.iroh_relay.clone())
@@ -139,11 +138,9 @@ impl Handler for MetadataHandler {
             .ok_or_else(|| HandlerError::new(format!("set of {key:?} without a user")))?;
         match set {
             SetKey::DeviceToken => {
-                let tokens = self.tokens.clone();
-                let now = self.clock.now();
-                tokio::task::spawn_blocking(move || tokens.add_token(&addr, &value, now))
+                self.tokens
+                    .add(&addr, &value, self.clock.now())
                     .await
-                    .map_err(|err| HandlerError::new(format!("token task failed: {err}")))?
                     .map_err(|err| HandlerError::new(err.to_string()))?;
             }
             SetKey::MessageNew => {

@@ -150,27 +150,26 @@ impl Notifier {
     /// written before this returns (so the commit's `O` never promises a lost push), then
     /// due at once. Returns the number of items.
     pub async fn new_message_for_addr(&self, addr: String) -> Result<usize, MetadataError> {
-        let inner = self.inner.clone();
+        let inner = &self.inner;
         let start = inner.clock.now();
-        let (items, failed) = tokio::task::spawn_blocking(move || {
-            let tokens = inner.tokens.valid_tokens(&addr, start)?;
-            let mut items = Vec::with_capacity(tokens.len());
-            for token in &tokens {
-                match QueueItem::create(&inner.queue_dir, &addr, start, token) {
-                    Ok(item) => items.push(item),
-                    Err(source) => {
-                        // The items already written are still sent; the commit fails.
-                        let error = MetadataError::Io {
-                            path: inner.queue_dir.clone(),
-                            source,
-                        };
-                        return Ok::<_, MetadataError>((items, Some(error)));
-                    }
+        // Like the token files, the items are written on this task: a few system calls,
+        // cheaper than the thread switches of a hop to the blocking pool.
+        let tokens = inner.tokens.valid(&addr, start).await?;
+        let mut items = Vec::with_capacity(tokens.len());
+        let mut failed = None;
+        for token in &tokens {
+            match QueueItem::create(&inner.queue_dir, &addr, start, token) {
+                Ok(item) => items.push(item),
+                Err(source) => {
+                    // The items already written are still sent; the commit fails.
+                    failed = Some(MetadataError::Io {
+                        path: inner.queue_dir.clone(),
+                        source,
+                    });
+                    break;
                 }
             }
-            Ok((items, None))
-        })
-        .await??;
+        }
         let count = items.len();
         for item in items {
             self.schedule(item, 0);
@@ -239,12 +238,12 @@ impl Notifier {
                 let _ = response.bytes().await;
                 match status {
                     200 => {
-                        self.delete(item).await;
+                        item.delete();
                         return;
                     }
                     410 => {
                         self.remove_token(&item).await;
-                        self.delete(item).await;
+                        item.delete();
                         return;
                     }
                     // Upstream logs the `requests` response's repr; operators grep for it.
@@ -257,21 +256,10 @@ impl Notifier {
         self.schedule(item, level + 1);
     }
 
-    async fn delete(&self, item: QueueItem) {
-        let _ = tokio::task::spawn_blocking(move || item.delete()).await;
-    }
-
     async fn remove_token(&self, item: &QueueItem) {
-        let inner = self.inner.clone();
-        let (addr, token) = (item.addr.clone(), item.token.clone());
-        let now = inner.clock.now();
-        let removed =
-            tokio::task::spawn_blocking(move || inner.tokens.remove_token(&addr, &token, now))
-                .await;
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!("cannot remove token of {}: {err}", item.addr),
-            Err(err) => tracing::error!("cannot remove token of {}: {err}", item.addr),
+        let now = self.inner.clock.now();
+        if let Err(err) = self.inner.tokens.remove(&item.addr, &item.token, now).await {
+            tracing::error!("cannot remove token of {}: {err}", item.addr);
         }
     }
 }

@@ -5,12 +5,24 @@
 //! The file is a JSON object; `devicetoken` maps each token to the Unix time of its most
 //! recent SET. Old upstream versions wrote a JSON array of tokens instead; it is read and
 //! converted to the object form on the next modification. Other top-level keys are kept.
+//!
+//! The async methods ([`TokenStore::add`], [`TokenStore::remove`], [`TokenStore::valid`])
+//! do the file work on the calling task when the lock is free: a handful of system calls
+//! on files in the page cache, cheaper than the two thread switches of a hop to the
+//! blocking pool, which at one connection were most of a request's time. Only when another
+//! holder (upstream's daemon, or another of our connections) has the lock does the work
+//! move to the blocking pool, to wait there for as long as it takes.
+//!
+//! A modification that leaves the file's bytes unchanged (a token refreshed within the
+//! same second) writes nothing. Writes are not fsynced, as upstream's are not: see
+//! [`write_and_rename`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chatmail_mailbox::Mailboxes;
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
 
@@ -64,27 +76,67 @@ impl TokenStore {
 
     /// Adds (or refreshes) `token` for `addr` at `now`. Blocking: takes the file lock.
     pub fn add_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        self.modify_tokens(addr, now, |tokens| {
-            // With preserve_order an existing key keeps its position: a refresh does not
-            // reorder the tokens, as in Python's dict.
-            tokens.insert(token.to_owned(), Value::from(now));
-        })
+        self.modify_tokens(addr, now, Wait::Yes, insert_token(token, now))
+            .map(|_| ())
     }
 
     /// Removes `token` of `addr` (the notification server answered 410). Blocking.
     pub fn remove_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        self.modify_tokens(addr, now, |tokens| {
-            // shift_remove keeps the order of the others, as Python's `del` does.
-            tokens.shift_remove(token);
-        })
+        self.modify_tokens(addr, now, Wait::Yes, delete_token(token))
+            .map(|_| ())
     }
 
     /// The valid tokens of `addr` in file order. Reads without the lock, as upstream does;
     /// when some tokens have expired or the file is in the legacy array form, the file is
     /// rewritten under the lock. Blocking.
     pub fn valid_tokens(&self, addr: &str, now: i64) -> Result<Vec<String>, MetadataError> {
+        self.valid_tokens_with(addr, now, Wait::Yes)
+            .map(|valid| valid.unwrap_or_default())
+    }
+
+    /// [`TokenStore::add_token`] without blocking the runtime on the lock.
+    pub async fn add(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
+        if self
+            .modify_tokens(addr, now, Wait::No, insert_token(token, now))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (store, addr, token) = (self.clone(), addr.to_owned(), token.to_owned());
+        tokio::task::spawn_blocking(move || store.add_token(&addr, &token, now)).await?
+    }
+
+    /// [`TokenStore::remove_token`] without blocking the runtime on the lock.
+    pub async fn remove(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
+        if self
+            .modify_tokens(addr, now, Wait::No, delete_token(token))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (store, addr, token) = (self.clone(), addr.to_owned(), token.to_owned());
+        tokio::task::spawn_blocking(move || store.remove_token(&addr, &token, now)).await?
+    }
+
+    /// [`TokenStore::valid_tokens`] without blocking the runtime on the lock.
+    pub async fn valid(&self, addr: &str, now: i64) -> Result<Vec<String>, MetadataError> {
+        if let Some(valid) = self.valid_tokens_with(addr, now, Wait::No)? {
+            return Ok(valid);
+        }
+        let (store, addr) = (self.clone(), addr.to_owned());
+        tokio::task::spawn_blocking(move || store.valid_tokens(&addr, now)).await?
+    }
+
+    /// `None` only with [`Wait::No`], when the file had to be rewritten and the lock was
+    /// held elsewhere.
+    fn valid_tokens_with(
+        &self,
+        addr: &str,
+        now: i64,
+        wait: Wait,
+    ) -> Result<Option<Vec<String>>, MetadataError> {
         let path = self.path(addr)?;
-        let data = read_dict(&path);
+        let (data, _) = read_dict(&path);
         match data.get(DEVICETOKEN_KEY) {
             Some(Value::Object(tokens)) => {
                 let valid: Vec<String> = tokens
@@ -92,39 +144,43 @@ impl TokenStore {
                     .filter(|(_, ts)| is_valid_timestamp(ts, now))
                     .map(|(token, _)| token.clone())
                     .collect();
-                if valid.len() < tokens.len() {
-                    self.modify_tokens(addr, now, |_| {})?;
+                if valid.len() < tokens.len()
+                    && self.modify_tokens(addr, now, wait, |_| {})?.is_none()
+                {
+                    return Ok(None);
                 }
-                Ok(valid)
+                Ok(Some(valid))
             }
             Some(Value::Array(_)) => {
                 let mut valid = Vec::new();
-                self.modify_tokens(addr, now, |tokens| {
+                let done = self.modify_tokens(addr, now, wait, |tokens| {
                     valid = tokens.keys().cloned().collect();
                 })?;
-                Ok(valid)
+                Ok(done.map(|_| valid))
             }
-            None => Ok(Vec::new()),
+            None => Ok(Some(Vec::new())),
             Some(other) => {
                 tracing::warn!(
                     "ignoring {DEVICETOKEN_KEY} of type {} in {path:?}",
                     type_name(other)
                 );
-                Ok(Vec::new())
+                Ok(Some(Vec::new()))
             }
         }
     }
 
     /// Upstream's `_modify_tokens`: under the lock, load, convert the legacy form, drop
-    /// invalid tokens, let `change` edit the tokens, save.
+    /// invalid tokens, let `change` edit the tokens, save. `None` when `wait` is
+    /// [`Wait::No`] and the lock is held elsewhere (nothing was done).
     fn modify_tokens(
         &self,
         addr: &str,
         now: i64,
+        wait: Wait,
         change: impl FnOnce(&mut Map<String, Value>),
-    ) -> Result<(), MetadataError> {
+    ) -> Result<Option<Written>, MetadataError> {
         let maildir = self.maildir(addr)?;
-        modify(&maildir, |data| {
+        modify_with(&maildir, wait, |data| {
             let tokens = data
                 .entry(DEVICETOKEN_KEY)
                 .or_insert_with(|| Value::Object(Map::new()));
@@ -149,6 +205,39 @@ impl TokenStore {
     }
 }
 
+fn insert_token(token: &str, now: i64) -> impl FnOnce(&mut Map<String, Value>) + '_ {
+    move |tokens| {
+        // With preserve_order an existing key keeps its position: a refresh does not
+        // reorder the tokens, as in Python's dict.
+        tokens.insert(token.to_owned(), Value::from(now));
+    }
+}
+
+fn delete_token(token: &str) -> impl FnOnce(&mut Map<String, Value>) + '_ {
+    move |tokens| {
+        // shift_remove keeps the order of the others, as Python's `del` does.
+        tokens.shift_remove(token);
+    }
+}
+
+/// Whether a modification may wait for the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Wait as long as it takes (blocking threads only).
+    Yes,
+    /// Give up at once when the lock is held elsewhere.
+    No,
+}
+
+/// What a modification did to `metadata.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The new content was written and renamed over the file.
+    Replaced,
+    /// The content was the same byte for byte: nothing was written.
+    Unchanged,
+}
+
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -161,21 +250,23 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 /// Upstream's `FileDict.read`: a missing file is `{}`; anything unreadable or not a JSON
-/// object is logged and treated as `{}` (and overwritten by the next modification).
-pub fn read_dict(path: &Path) -> Map<String, Value> {
+/// object is logged and treated as `{}` (and overwritten by the next modification). Also
+/// returns the bytes read (`None` when there was no readable file), so a writer can tell
+/// whether its new content differs.
+pub fn read_dict(path: &Path) -> (Map<String, Value>, Option<Vec<u8>>) {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Map::new(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return (Map::new(), None),
         Err(_) => {
             warn_corrupt(path);
-            return Map::new();
+            return (Map::new(), None);
         }
     };
     match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => map,
+        Ok(Value::Object(map)) => (map, Some(bytes)),
         _ => {
             warn_corrupt(path);
-            Map::new()
+            (Map::new(), Some(bytes))
         }
     }
 }
@@ -187,25 +278,44 @@ fn warn_corrupt(path: &Path) {
 /// Upstream's `FileDict.modify` on `<maildir>/metadata.json`: takes the exclusive `flock`
 /// on `metadata.json.lock` (waiting as long as it takes, as Python's `filelock` does), reads,
 /// applies `change`, writes `metadata.json.tmp` and renames it over the file. The lock is
-/// released when the function returns, or by the kernel if the process dies.
+/// released when the function returns, or by the kernel if the process dies. Content equal
+/// to the file's, byte for byte, is not written.
 pub fn modify(
     maildir: &Path,
     change: impl FnOnce(&mut Map<String, Value>),
-) -> Result<(), MetadataError> {
+) -> Result<Written, MetadataError> {
+    modify_with(maildir, Wait::Yes, change).map(|written| written.unwrap_or(Written::Unchanged))
+}
+
+/// [`modify`], or `None` (and nothing done) when `wait` is [`Wait::No`] and the lock is
+/// held elsewhere.
+pub fn modify_with(
+    maildir: &Path,
+    wait: Wait,
+    change: impl FnOnce(&mut Map<String, Value>),
+) -> Result<Option<Written>, MetadataError> {
     let lock_path = maildir.join(METADATA_LOCK_FILE);
-    let _lock = lock_exclusive(&lock_path)?;
+    let Some(_lock) = lock_exclusive(&lock_path, wait)? else {
+        return Ok(None);
+    };
     let path = maildir.join(METADATA_FILE);
-    let mut data = read_dict(&path);
+    let (mut data, old) = read_dict(&path);
     change(&mut data);
     let text = to_python_json(&Value::Object(data));
+    if old.as_deref() == Some(text.as_bytes()) {
+        return Ok(Some(Written::Unchanged));
+    }
     let tmp = maildir.join(METADATA_TMP_FILE);
     write_and_rename(&tmp, &path, text.as_bytes()).map_err(|source| MetadataError::Io {
         path: path.clone(),
         source,
-    })
+    })?;
+    Ok(Some(Written::Replaced))
 }
 
-fn lock_exclusive(path: &Path) -> Result<Flock<File>, MetadataError> {
+/// The exclusive `flock` on `path`, or `None` when `wait` is [`Wait::No`] and another
+/// open file holds it.
+fn lock_exclusive(path: &Path, wait: Wait) -> Result<Option<Flock<File>>, MetadataError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -216,19 +326,32 @@ fn lock_exclusive(path: &Path) -> Result<Flock<File>, MetadataError> {
             path: path.to_owned(),
             source,
         })?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| MetadataError::Io {
-        path: path.to_owned(),
-        source: io::Error::from(errno),
-    })
+    let arg = match wait {
+        Wait::Yes => FlockArg::LockExclusive,
+        Wait::No => FlockArg::LockExclusiveNonblock,
+    };
+    match Flock::lock(file, arg) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) if wait == Wait::No => Ok(None),
+        Err((_, errno)) => Err(MetadataError::Io {
+            path: path.to_owned(),
+            source: io::Error::from(errno),
+        }),
+    }
 }
 
 /// Writes `tmp` fully and renames it over `path`; readers see the old or the new file.
-/// The data is synced first so a power loss cannot leave an empty file under the real name.
+///
+/// Not fsynced, as upstream's `FileDict` is not. A crash loses at most the writes of the
+/// last few seconds; ext4 in its default mode (journal with `data=ordered`, `auto_da_alloc`)
+/// writes the new data before it commits a rename over an existing file, so the file is
+/// the old or the new one, never empty. A lost token costs nothing lasting: Delta Chat sets
+/// its token again on every start. See docs/metadata.md.
 fn write_and_rename(tmp: &Path, path: &Path, content: &[u8]) -> io::Result<()> {
     let written = (|| {
         let mut file = File::create(tmp)?;
         file.write_all(content)?;
-        file.sync_all()?;
+        drop(file);
         fs::rename(tmp, path)
     })();
     if written.is_err() {
@@ -396,7 +519,7 @@ mod tests {
     fn the_lock_excludes_another_holder() {
         let (dir, store) = store();
         let lock_path = dir.path().join(ADDR).join(METADATA_LOCK_FILE);
-        let held = lock_exclusive(&lock_path).unwrap();
+        let held = lock_exclusive(&lock_path, Wait::Yes).unwrap().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             store.add_token(ADDR, "t", NOW).unwrap();
@@ -410,5 +533,70 @@ mod tests {
         drop(held);
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn unchanged_content_is_not_written() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, store) = store();
+        let maildir = dir.path().join(ADDR);
+        store.add_token(ADDR, "t", NOW).unwrap();
+        let inode = fs::metadata(file(&dir)).unwrap().ino();
+        let same = modify(&maildir, |data| {
+            data.insert(DEVICETOKEN_KEY.into(), serde_json::json!({"t": NOW}));
+        });
+        assert_eq!(same.unwrap(), Written::Unchanged);
+        assert_eq!(fs::metadata(file(&dir)).unwrap().ino(), inode);
+        store.add_token(ADDR, "t", NOW).unwrap();
+        assert_eq!(fs::metadata(file(&dir)).unwrap().ino(), inode);
+        let changed = modify(&maildir, |data| {
+            data.insert(DEVICETOKEN_KEY.into(), serde_json::json!({"t": NOW + 1}));
+        });
+        assert_eq!(changed.unwrap(), Written::Replaced);
+        assert_ne!(fs::metadata(file(&dir)).unwrap().ino(), inode);
+        // A file that is not the JSON we would write (here: not in Python's form) is
+        // rewritten even though it holds the same data.
+        fs::write(
+            file(&dir),
+            format!(r#"{{"devicetoken":{{"t":{}}}}}"#, NOW + 1),
+        )
+        .unwrap();
+        let reformatted = modify(&maildir, |_| {});
+        assert_eq!(reformatted.unwrap(), Written::Replaced);
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"t": {}}}}}"#, NOW + 1)
+        );
+    }
+
+    #[test]
+    fn without_waiting_a_held_lock_does_nothing() {
+        let (dir, store) = store();
+        store.add_token(ADDR, "a", NOW).unwrap();
+        let lock_path = dir.path().join(ADDR).join(METADATA_LOCK_FILE);
+        let held = lock_exclusive(&lock_path, Wait::Yes).unwrap().unwrap();
+        assert!(lock_exclusive(&lock_path, Wait::No).unwrap().is_none());
+        let done = store
+            .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
+            .unwrap();
+        assert_eq!(done, None);
+        // Reading needs no lock; an expired token to drop would.
+        assert_eq!(
+            store.valid_tokens_with(ADDR, NOW, Wait::No).unwrap(),
+            Some(vec!["a".to_owned()])
+        );
+        let later = NOW + TOKEN_LIFETIME_SECS;
+        assert_eq!(
+            store.valid_tokens_with(ADDR, later, Wait::No).unwrap(),
+            None
+        );
+        drop(held);
+        assert_eq!(
+            store
+                .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
+                .unwrap(),
+            Some(Written::Replaced)
+        );
+        assert_eq!(store.valid_tokens(ADDR, NOW).unwrap(), ["a", "b"]);
     }
 }

@@ -447,3 +447,136 @@ async fn devicetoken_lookup_without_user_fails_only_that_lookup() {
         "O\n"
     );
 }
+
+/// Token files are worked on in the connection's task while the lock is free; when another
+/// process holds it, the SET waits off the runtime: other connections are still served
+/// (this test's runtime has a single thread, so a SET blocked on it would stall them all),
+/// and the commit answers once the lock is released, with the token in the file.
+#[tokio::test]
+async fn a_set_waiting_for_a_held_lock_does_not_stall_other_connections() {
+    let (relay, _gateway, running) = relay_and_daemon("").await;
+    const OTHER: &str = "other@example.org";
+    relay.maildir(OTHER);
+    let mut setup = running.client().await;
+    for (user, token) in [(USER, "old"), (OTHER, "theirs")] {
+        let set = format!("B1\t{user}\nS1\tpriv/g/devicetoken\t{token}\nC1\n");
+        assert_eq!(setup.request(&set).await, "O\n");
+    }
+
+    // Another holder of the lock, on a thread of its own: it releases when told to, or
+    // after 20 s, so a runtime blocked on the lock shows as lookups answered too late.
+    let lock_path = relay.mail().join(USER).join("metadata.json.lock");
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let (locked, locked_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(lock_path)
+                .unwrap();
+            let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+            locked.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(20));
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(held);
+        })
+    };
+    locked_rx.recv().unwrap();
+
+    let mut writer = running.client().await;
+    writer
+        .send(&format!("B2\t{USER}\nS2\tpriv/g/devicetoken\tnew\nC2\n"))
+        .await;
+    let commit = tokio::spawn(async move { writer.read_line().await });
+
+    let mut reader = running.client().await;
+    for (user, tokens) in [(OTHER, "theirs"), (USER, "old")] {
+        let lookup = format!("Lpriv/g/devicetoken\t{user}\n");
+        assert_eq!(reader.request(&lookup).await, format!("O{tokens}\n"));
+        assert!(
+            !released.load(std::sync::atomic::Ordering::SeqCst),
+            "lookups are answered while another SET waits for its lock"
+        );
+    }
+    assert!(!commit.is_finished(), "the commit waits for the lock");
+
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), commit)
+        .await
+        .expect("the commit answers once the lock is released")
+        .unwrap();
+    assert_eq!(reply, "O\n");
+    let now = running.clock.now();
+    assert_eq!(
+        fs::read_to_string(relay.mail().join(USER).join("metadata.json")).unwrap(),
+        format!(r#"{{"devicetoken": {{"old": {now}, "new": {now}}}}}"#)
+    );
+}
+
+/// A SET that changes nothing (the same token in the same second) leaves the file alone;
+/// one that changes it replaces the file (a new inode, by rename).
+#[tokio::test]
+async fn an_unchanged_set_writes_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let (relay, _gateway, running) = relay_and_daemon("").await;
+    let file = relay.mail().join(USER).join("metadata.json");
+    let mut client = running.client().await;
+    let set = |token: &str| format!("B1\t{USER}\nS1\tpriv/g/devicetoken\t{token}\nC1\n");
+    assert_eq!(client.request(&set("t1")).await, "O\n");
+    let first = fs::metadata(&file).unwrap().ino();
+    assert_eq!(client.request(&set("t1")).await, "O\n");
+    assert_eq!(fs::metadata(&file).unwrap().ino(), first, "not rewritten");
+
+    running.clock.advance(1);
+    assert_eq!(client.request(&set("t1")).await, "O\n");
+    let refreshed = fs::metadata(&file).unwrap().ino();
+    assert_ne!(refreshed, first, "a refresh in a later second is written");
+    let now = running.clock.now();
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        format!(r#"{{"devicetoken": {{"t1": {now}}}}}"#)
+    );
+    assert!(!relay.mail().join(USER).join("metadata.json.tmp").exists());
+}
+
+/// Another process (upstream's daemon) rewriting metadata.json its way (the lock,
+/// `metadata.json.tmp`, rename) between our requests: the next lookup serves its content,
+/// and the next SET builds on it.
+#[tokio::test]
+async fn a_file_rewritten_by_another_process_is_served_at_once() {
+    let (relay, _gateway, running) = relay_and_daemon("").await;
+    let maildir = relay.mail().join(USER);
+    let mut client = running.client().await;
+    let set = |token: &str| format!("B1\t{USER}\nS1\tpriv/g/devicetoken\t{token}\nC1\n");
+    let lookup = format!("Lpriv/g/devicetoken\t{USER}\n");
+    assert_eq!(client.request(&set("ours")).await, "O\n");
+    assert_eq!(client.request(&lookup).await, "Oours\n");
+
+    let now = running.clock.now();
+    for round in 0..3 {
+        let lock_file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(maildir.join("metadata.json.lock"))
+            .unwrap();
+        let held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        // Same length each round, written within the same second: only the content differs.
+        let content = format!(r#"{{"devicetoken": {{"up{round}": {now}}}}}"#);
+        fs::write(maildir.join("metadata.json.tmp"), &content).unwrap();
+        fs::rename(
+            maildir.join("metadata.json.tmp"),
+            maildir.join("metadata.json"),
+        )
+        .unwrap();
+        drop(held);
+        assert_eq!(client.request(&lookup).await, format!("Oup{round}\n"));
+    }
+    assert_eq!(client.request(&set("ours")).await, "O\n");
+    assert_eq!(client.request(&lookup).await, "Oup2 ours\n");
+}
