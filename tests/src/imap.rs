@@ -7,6 +7,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::tls::Stream;
+
 /// How long any single read or write may block before the test fails instead of hanging.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -62,9 +64,8 @@ pub fn quote(s: &str) -> String {
 /// One IMAP connection.
 pub struct Imap {
     /// Buffered reading side, for line-based replies.
-    reader: BufReader<TcpStream>,
-    /// Writing side (a clone of the same socket).
-    writer: TcpStream,
+    /// The connection (plain TCP or TLS); writes go through `get_mut`.
+    reader: BufReader<Box<dyn Stream>>,
     /// Number used for the next command tag (`a1`, `a2`, ...).
     next_tag: u32,
     /// The server greeting, e.g. `* OK [CAPABILITY ...] Dovecot ready.`
@@ -77,10 +78,18 @@ impl Imap {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let writer = stream.try_clone()?;
+        Imap::greet(Box::new(stream))
+    }
+
+    /// Connects to an IMAPS port (TLS from the first byte, any certificate accepted) and
+    /// reads the greeting.
+    pub fn connect_tls(addr: SocketAddr, server_name: &str) -> io::Result<Imap> {
+        Imap::greet(Box::new(crate::tls::connect(addr, server_name)?))
+    }
+
+    fn greet(stream: Box<dyn Stream>) -> io::Result<Imap> {
         let mut imap = Imap {
             reader: BufReader::new(stream),
-            writer,
             next_tag: 1,
             greeting: String::new(),
         };
@@ -111,9 +120,10 @@ impl Imap {
     pub fn command(&mut self, command: &str) -> io::Result<Reply> {
         let tag = format!("a{}", self.next_tag);
         self.next_tag += 1;
-        self.writer
+        self.reader
+            .get_mut()
             .write_all(format!("{tag} {command}\r\n").as_bytes())?;
-        self.writer.flush()?;
+        self.reader.get_mut().flush()?;
         let mut untagged = Vec::new();
         loop {
             let line = self.read_line()?;

@@ -24,6 +24,7 @@
 //! * [`gateway`]: a local push notification gateway that records what it receives.
 //! * [`templates`]: renders the Postfix and Dovecot templates in `packaging/conf/`.
 //! * [`tls`]: the relay's self-signed certificate and a TLS client that accepts it.
+//! * [`loopback`]: the `loopback-relay` command's start and stop.
 //! * [`dclogin`]: `dclogin:` account URLs for the Delta Chat scenarios.
 
 pub mod binaries;
@@ -33,6 +34,7 @@ pub mod gateway;
 pub mod host;
 pub mod imap;
 pub mod lmtp;
+pub mod loopback;
 pub mod postfix;
 pub mod relay;
 pub mod smtp;

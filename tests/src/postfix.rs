@@ -47,7 +47,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The ports of one relay, all on 127.0.0.1.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
     /// Postfix's submission smtpd (587 on a relay, STARTTLS), proxy-filtered by
     /// filtermail outgoing.
@@ -120,6 +120,8 @@ pub struct MailRelay {
     master: Option<Child>,
     filtermail: Option<Child>,
     filtermail_incoming: Option<Child>,
+    /// Detached: Drop stops nothing.
+    detached: bool,
     /// Declared last: dropped after the processes above are stopped.
     relay: Relay,
 }
@@ -165,6 +167,7 @@ impl MailRelay {
             master: None,
             filtermail: None,
             filtermail_incoming: None,
+            detached: false,
             relay,
         };
         mail.filtermail = Some(mail.start_filtermail("outgoing", ports.filtermail));
@@ -194,24 +197,30 @@ impl MailRelay {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.submissions))
     }
 
-    /// Lets every process outlive this value (see [`Relay::detach`]); returns what was
-    /// started, in the order to stop it: Postfix, filtermail, then the relay's.
-    pub fn detach(mut self) -> Vec<Started> {
-        let mut started = Vec::new();
-        for (name, child) in [
-            ("postfix", self.master.take()),
-            ("filtermail outgoing", self.filtermail.take()),
-            ("filtermail incoming", self.filtermail_incoming.take()),
-        ] {
-            if let Some(child) = child {
-                started.push(Started {
-                    name: name.to_string(),
-                    pid: child.id(),
-                });
-            }
-        }
-        started.extend(self.relay.detach_in_place());
+    /// The processes this relay started, in the order to stop them: Postfix (which stops
+    /// its own children), filtermail, then the relay's (see [`Relay::pids`]).
+    pub fn pids(&self) -> Vec<Started> {
+        let mut started: Vec<Started> = [
+            ("postfix", &self.master),
+            ("filtermail outgoing", &self.filtermail),
+            ("filtermail incoming", &self.filtermail_incoming),
+        ]
+        .into_iter()
+        .filter_map(|(name, child)| {
+            child.as_ref().map(|child| Started {
+                name: name.to_string(),
+                pid: child.id(),
+            })
+        })
+        .collect();
+        started.extend(self.relay.pids());
         started
+    }
+
+    /// Lets every process outlive this value (see [`Relay::detach`]).
+    pub fn detach(mut self) {
+        self.detached = true;
+        self.relay.set_detached();
     }
 
     /// Where the port-25 service listens (filtermail incoming behind it).
@@ -478,9 +487,9 @@ impl MailRelay {
             .expect("cannot run postfix check");
         assert!(check.success(), "postfix check: {check}\n{}", self.logs());
 
-        let mut command = Command::new(POSTFIX_MASTER);
-        self.relay.own_group(&mut command);
-        let mut master = command
+        // No own_group here: the master calls setsid() itself, which fails (and the master
+        // exits 1 without a word) in a process that already leads its process group.
+        let mut master = Command::new(POSTFIX_MASTER)
             .arg("-c")
             .arg(config)
             .env("MAIL_CONFIG", config)
@@ -518,6 +527,9 @@ impl MailRelay {
 
 impl Drop for MailRelay {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         // Postfix first (its SIGTERM handler stops every Postfix child), then filtermail;
         // the relay's own Drop runs afterwards.
         for child in [

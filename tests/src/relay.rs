@@ -228,30 +228,34 @@ impl Relay {
         &self.options
     }
 
+    /// The processes this relay started, in the order to stop them: Dovecot, then the
+    /// daemons it talks to.
+    pub fn pids(&self) -> Vec<Started> {
+        [
+            ("dovecot", &self.dovecot),
+            ("doveauth", &self.doveauth),
+            ("lastlogin", &self.lastlogin),
+            ("chatmail-metadata", &self.metadata),
+        ]
+        .into_iter()
+        .filter_map(|(name, child)| {
+            child.as_ref().map(|child| Started {
+                name: name.to_string(),
+                pid: child.id(),
+            })
+        })
+        .collect()
+    }
+
     /// Lets the processes outlive this value: Drop will neither stop them nor remove the
-    /// state dir. Returns what was started, in the order to stop it.
-    pub fn detach(mut self) -> Vec<Started> {
-        self.detach_in_place()
+    /// state dir. (Their [`Child`] handles are dropped, which leaves them running.)
+    pub fn detach(mut self) {
+        self.detached = true;
     }
 
     /// [`Relay::detach`] for a relay inside another value that is dropped later.
-    pub(crate) fn detach_in_place(&mut self) -> Vec<Started> {
+    pub(crate) fn set_detached(&mut self) {
         self.detached = true;
-        let mut started = Vec::new();
-        for (name, child) in [
-            ("dovecot", self.dovecot.take()),
-            ("doveauth", self.doveauth.take()),
-            ("lastlogin", self.lastlogin.take()),
-            ("chatmail-metadata", self.metadata.take()),
-        ] {
-            if let Some(child) = child {
-                started.push(Started {
-                    name: name.to_string(),
-                    pid: child.id(),
-                });
-            }
-        }
-        started
     }
 
     /// The chatmail.ini of this relay: its paths and system limits that never refuse.

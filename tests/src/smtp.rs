@@ -7,6 +7,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::tls::Stream;
+
 /// How long any single read or write may block before the test fails instead of hanging.
 /// Longer than filtermail's and Postfix's own steps, so their timeouts show as replies.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,8 +60,8 @@ impl fmt::Display for Sent {
 
 /// One SMTP connection.
 pub struct Smtp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// The connection (plain TCP or TLS); writes go through `get_mut`.
+    reader: BufReader<Box<dyn Stream>>,
     /// The server greeting.
     pub greeting: SmtpReply,
 }
@@ -70,10 +72,18 @@ impl Smtp {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let writer = stream.try_clone()?;
+        Smtp::greet(Box::new(stream))
+    }
+
+    /// Connects to a submissions port (TLS from the first byte, any certificate accepted)
+    /// and reads the greeting, which must be 220.
+    pub fn connect_tls(addr: SocketAddr, server_name: &str) -> io::Result<Smtp> {
+        Smtp::greet(Box::new(crate::tls::connect(addr, server_name)?))
+    }
+
+    fn greet(stream: Box<dyn Stream>) -> io::Result<Smtp> {
         let mut smtp = Smtp {
             reader: BufReader::new(stream),
-            writer,
             greeting: SmtpReply {
                 code: 0,
                 text: String::new(),
@@ -89,8 +99,9 @@ impl Smtp {
 
     /// Sends one command line and reads its reply.
     pub fn command(&mut self, line: &str) -> io::Result<SmtpReply> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.writer.flush()?;
+        let writer = self.reader.get_mut();
+        writer.write_all(format!("{line}\r\n").as_bytes())?;
+        writer.flush()?;
         self.read_reply()
     }
 
@@ -149,8 +160,9 @@ impl Smtp {
             stuffed.extend_from_slice(b"\r\n");
         }
         stuffed.extend_from_slice(b".\r\n");
-        self.writer.write_all(&stuffed)?;
-        self.writer.flush()?;
+        let writer = self.reader.get_mut();
+        writer.write_all(&stuffed)?;
+        writer.flush()?;
         let reply = self.read_reply()?;
         Ok(Sent { step: ".", reply })
     }

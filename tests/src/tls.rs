@@ -2,7 +2,7 @@
 //! chatmail relay with an underscore domain makes its own), and a client that accepts any
 //! certificate, as Delta Chat does when told to (`ic=3` in a `dclogin:` URL).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -81,31 +81,10 @@ pub fn wrap(tcp: TcpStream, server_name: &str) -> io::Result<TlsStream> {
     Ok(stream)
 }
 
-/// Reads one line (up to and without CRLF) from a TLS stream.
-pub fn read_line(reader: &mut BufReader<TlsStream>) -> io::Result<String> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed",
-        ));
-    }
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
+/// A connection the IMAP and SMTP clients can use: plain TCP or TLS.
+pub trait Stream: Read + Write + Send {}
 
-/// Writes `line` and CRLF.
-pub fn write_line(reader: &mut BufReader<TlsStream>, line: &str) -> io::Result<()> {
-    let stream = reader.get_mut();
-    stream.write_all(format!("{line}\r\n").as_bytes())?;
-    stream.flush()
-}
-
-/// Reads everything until the peer closes (for tests that expect a close).
-pub fn read_to_end(reader: &mut BufReader<TlsStream>) -> io::Result<Vec<u8>> {
-    let mut rest = Vec::new();
-    reader.read_to_end(&mut rest)?;
-    Ok(rest)
-}
+impl<T: Read + Write + Send> Stream for T {}
 
 fn client_config() -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -33,6 +33,15 @@ pub enum Error {
     /// A message that cannot be parsed as MIME or lacks what its kind requires.
     #[error("message: {0}")]
     Message(String),
+    /// The relay could not be reached or the TLS handshake failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The relay's IMAP server refused or failed a command.
+    #[error("IMAP: {0}")]
+    Imap(String),
+    /// The relay's SMTP server answered with an error.
+    #[error("SMTP: {0}")]
+    Smtp(String),
     /// The invite QR code could not be rendered.
     #[error("QR code: {0}")]
     Qr(String),

@@ -16,7 +16,10 @@ pub mod message;
 pub mod pgp;
 pub mod process;
 pub mod securejoin;
+pub mod service;
+pub mod smtp;
 pub mod state;
+pub mod tls;
 
 pub use error::{Error, Result};
 
@@ -72,10 +75,8 @@ pub fn start(config: &chatmail_config::Config, state_dir: &Path) -> Result<Bot> 
     })
 }
 
-/// Runs the bot.
-///
-/// The IMAP/SMTP service loop does not exist yet: after [`start`] this logs the invite
-/// and returns an error, so that nobody mistakes the binary for a working bot.
+/// Runs the bot until SIGTERM or SIGINT: [`start`], log the invite, then the service
+/// loop, which waits and retries while the relay is not reachable.
 pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result<()> {
     let bot = start(config, state_dir)?;
     tracing::info!(
@@ -84,7 +85,15 @@ pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result
         bot.key.fingerprint()
     );
     tracing::info!("invite link: {}", bot.invite_link);
-    anyhow::bail!("the IMAP/SMTP service loop is not implemented yet")
+    let relay = service::Relay::from_config(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = chatmail_daemon::shutdown_signal()?;
+        service::serve(&bot, &relay, state_dir, shutdown).await;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -1,58 +1,145 @@
-//! `loopback-relay`: Dovecot plus our daemons on 127.0.0.1, for trying them by hand.
+//! `loopback-relay`: a whole chatmail relay on 127.0.0.1, for trying it with Delta Chat.
 //!
-//! It starts the same relay the end-to-end tests use, prints how to log in, and stops
-//! everything it started (and removes its temp dir) on Ctrl-C or SIGTERM.
+//! ```text
+//! loopback-relay [start] [--state-dir DIR] [--free-ports]
+//! loopback-relay stop [--state-dir DIR]
+//! ```
+//!
+//! `start` brings up Postfix, filtermail, Dovecot, doveauth, lastlogin and
+//! chatmail-metadata with the templates in packaging/conf/, waits until each answers,
+//! prints how to log in (a `dclogin:` URL and its QR code) and returns, leaving them
+//! running. `stop` stops exactly what `start` started and removes the state dir. The logic
+//! is in `chatmail_e2e::loopback`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chatmail_e2e::{DOMAIN, Relay};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use chatmail_e2e::DOMAIN;
+use chatmail_e2e::loopback::{
+    self, DEFAULT_STATE_DIR, Running, StartOptions, dclogin_url, qr_code,
+};
+
+const USAGE: &str = "usage: loopback-relay [start] [--state-dir DIR] [--free-ports]
+       loopback-relay stop [--state-dir DIR]";
 
 fn main() -> ExitCode {
-    // Handlers, not a blocked signal mask: the daemons would inherit the mask and ignore
-    // the SIGTERM that stops them.
-    let mut stop = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(err) => {
-            eprintln!("loopback-relay: cannot handle signals: {err}");
-            return ExitCode::FAILURE;
+    let mut stop = false;
+    let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+    let mut free_ports = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "start" => stop = false,
+            "stop" => stop = true,
+            "--free-ports" => free_ports = true,
+            "--state-dir" => match args.next() {
+                Some(dir) => state_dir = PathBuf::from(dir),
+                None => return usage("--state-dir needs a directory"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage(&format!("unknown argument {other:?}")),
         }
-    };
-    let Some(relay) = Relay::start() else {
-        eprintln!("loopback-relay: this machine cannot run the relay (see above)");
-        return ExitCode::FAILURE;
-    };
-    let imap = relay.imap_addr();
-    println!(
-        "chatmail loopback relay is up: Dovecot with doveauth, lastlogin and chatmail-metadata.
-
-  IMAP        {imap} (no TLS; LOGIN and AUTHENTICATE PLAIN)
-  domain      {DOMAIN}
-  accounts    created at first login: any address <9 chars of a-z0-9>@{DOMAIN}
-              with a password of at least 9 characters, e.g.
-
-    printf 'a LOGIN abc123xyz@{DOMAIN} \"correct-horse\"\\r\\nb LOGOUT\\r\\n' | nc {ip} {port}
-
-  push        device tokens set with SETMETADATA are notified at a local gateway on delivery
-  list them   doveadm -c {conf} user '*'
-  files       {dir}
-              (chatmail.ini, dovecot.conf, *.log, lmtp.socket, mail/)
-
-Ctrl-C stops everything started here and removes {dir}.",
-        ip = imap.ip(),
-        port = imap.port(),
-        conf = relay.path("dovecot.conf").display(),
-        dir = relay.path("").display(),
-    );
-    if let Some(signal) = stop.forever().next() {
-        let name = if signal == SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
-        println!("\n{name} received: stopping the relay");
     }
-    drop(relay);
-    ExitCode::SUCCESS
+    if stop {
+        match loopback::stop(&state_dir) {
+            Ok(stopped) => {
+                let names: Vec<String> = stopped
+                    .iter()
+                    .map(|p| format!("{} ({})", p.name, p.pid))
+                    .collect();
+                println!(
+                    "stopped: {}; removed {}",
+                    if names.is_empty() {
+                        "nothing was recorded".to_string()
+                    } else {
+                        names.join(", ")
+                    },
+                    state_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("loopback-relay stop: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    } else {
+        let options = StartOptions {
+            state_dir,
+            free_ports,
+        };
+        match loopback::start(&options) {
+            Ok(running) => {
+                print_running(&running);
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("loopback-relay start: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("loopback-relay: {why}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn print_running(running: &Running) {
+    let ports = &running.ports;
+    let p = &ports.postfix;
+    let dir = running.state_dir.display();
+    let processes: Vec<String> = running
+        .processes
+        .iter()
+        .map(|process| format!("{} {}", process.name, process.pid))
+        .collect();
+    let url = dclogin_url(&running.addr, &running.password, ports);
+    println!(
+        "chatmail relay running on 127.0.0.1, domain {DOMAIN} (self-signed certificate)
+
+  IMAP        127.0.0.1:{imaps} (TLS)   127.0.0.1:{imap} (STARTTLS)
+  SMTP        127.0.0.1:{submissions} (TLS)   127.0.0.1:{submission} (STARTTLS)   login required
+  MX          127.0.0.1:{smtp} (STARTTLS required, through filtermail incoming)
+  internal    filtermail 127.0.0.1:{filtermail} (outgoing) and :{filtermail_incoming} (incoming),
+              reinjection 127.0.0.1:{reinject} and :{reinject_incoming}
+  processes   {processes}
+  files       {dir} (chatmail.ini, dovecot.conf, postfix-etc/, *.log, mail/)
+
+Accounts are created at first login: any <9 of a-z0-9>@{DOMAIN} with a password
+of 9 or more characters. This one exists already:
+
+  address     {addr}
+  password    {password}
+
+Delta Chat logs in with this URL (scan the QR code, or paste the URL as an invite link):
+
+{url}
+",
+        imaps = ports.imaps,
+        imap = ports.imap,
+        submissions = p.submissions,
+        submission = p.submission,
+        smtp = p.smtp,
+        filtermail = p.filtermail,
+        filtermail_incoming = p.filtermail_incoming,
+        reinject = p.reinject,
+        reinject_incoming = p.reinject_incoming,
+        processes = processes.join(", "),
+        addr = running.addr,
+        password = running.password,
+    );
+    match qr_code(&url) {
+        Some(qr) => println!("{qr}"),
+        None => println!("(install qrencode to see the URL as a QR code here)\n"),
+    }
+    if running.state_dir.as_os_str() == DEFAULT_STATE_DIR {
+        println!("Stop it with: scripts/loopback-relay stop");
+    } else {
+        println!("Stop it with: scripts/loopback-relay stop --state-dir {dir}");
+    }
 }

@@ -1,0 +1,187 @@
+//! The README's main command end to end: `scripts/loopback-relay start` (on free ports and
+//! in a state dir of the test's, so it can run next to other tests and a running loopback
+//! relay), then what Delta Chat would do with it over TLS, then `scripts/loopback-relay
+//! stop`, which must leave no process and no listener behind.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use chatmail_e2e::binaries::workspace_root;
+use chatmail_e2e::loopback::{RelayPorts, read_pids};
+use chatmail_e2e::{DOMAIN, Imap, Smtp, poll_until, require_postfix};
+
+/// Runs `scripts/loopback-relay ARGS`.
+fn script(args: &[&str]) -> Output {
+    Command::new(workspace_root().join("scripts/loopback-relay"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run scripts/loopback-relay")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Stops the relay if the test fails before its own `stop`.
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let dir = self.0.display().to_string();
+            let _ = script(&["stop", "--state-dir", &dir]);
+        }
+    }
+}
+
+fn logs(state_dir: &Path) -> String {
+    let mut all = String::new();
+    for name in [
+        "postfix.log",
+        "dovecot.log",
+        "filtermail.log",
+        "doveauth.log",
+    ] {
+        let body = fs::read_to_string(state_dir.join(name)).unwrap_or_default();
+        all.push_str(&format!("----- {name}\n{body}"));
+    }
+    all
+}
+
+#[test]
+fn start_serves_tls_and_stop_leaves_nothing() {
+    if require_postfix().is_none() {
+        return;
+    }
+    let parent = tempfile::Builder::new()
+        .prefix("chatmail-loopback-test-")
+        .tempdir()
+        .expect("cannot create a temp dir");
+    // vmail and Dovecot's unprivileged processes traverse it to the state dir.
+    fs::set_permissions(parent.path(), fs::Permissions::from_mode(0o755))
+        .expect("cannot chmod the temp dir");
+    let state_dir = parent.path().join("relay");
+    let dir = state_dir.display().to_string();
+    let _guard = StopOnDrop(state_dir.clone());
+
+    let started = script(&["start", "--state-dir", &dir, "--free-ports"]);
+    assert!(started.status.success(), "start failed\n{}", text(&started));
+    let stdout = String::from_utf8_lossy(&started.stdout).into_owned();
+    let ports = RelayPorts::parse(
+        &fs::read_to_string(state_dir.join("ports")).expect("start writes STATE/ports"),
+    )
+    .expect("STATE/ports parses");
+    let processes = read_pids(&state_dir).expect("start writes STATE/pids");
+    let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "postfix",
+            "filtermail outgoing",
+            "filtermail incoming",
+            "dovecot",
+            "doveauth",
+            "lastlogin",
+            "chatmail-metadata"
+        ],
+        "{stdout}"
+    );
+    assert!(processes.iter().all(|p| p.is_alive()), "{processes:?}");
+
+    // The printed dclogin: URL names the example account and the TLS ports.
+    let url = stdout
+        .lines()
+        .find(|line| line.starts_with("dclogin:"))
+        .unwrap_or_else(|| panic!("no dclogin: URL printed\n{stdout}"));
+    assert!(url.contains(&format!("@{DOMAIN}?p=")), "{url}");
+    assert!(url.contains(&format!("&ip={}", ports.imaps)), "{url}");
+    assert!(
+        url.contains(&format!("&sp={}", ports.postfix.submissions)),
+        "{url}"
+    );
+    assert!(url.contains("&ic=3"), "{url}");
+
+    // IMAPS: the first login over TLS creates the account.
+    let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let addr = format!("tlslogin1@{DOMAIN}");
+    let password = "correct-horse-battery";
+    let mut imap = Imap::connect_tls(local(ports.imaps), DOMAIN)
+        .unwrap_or_else(|err| panic!("IMAPS connect: {err}\n{}", logs(&state_dir)));
+    let reply = imap.login(&addr, password).expect("IMAPS LOGIN");
+    assert!(reply.is_ok(), "{reply:?}\n{}", logs(&state_dir));
+    imap.logout().expect("IMAPS LOGOUT");
+    let password_file = state_dir
+        .join("mail")
+        .join(DOMAIN)
+        .join(&addr)
+        .join("password");
+    assert!(password_file.is_file(), "{}", logs(&state_dir));
+
+    // Submissions (465): TLS, SASL through Dovecot, then filtermail refuses cleartext.
+    let mut smtp = Smtp::connect_tls(local(ports.postfix.submissions), DOMAIN)
+        .unwrap_or_else(|err| panic!("SMTPS connect: {err}\n{}", logs(&state_dir)));
+    smtp.ehlo("client.localhost").expect("EHLO");
+    let auth = smtp.auth_plain(&addr, password).expect("AUTH");
+    assert_eq!(auth.code, 235, "{auth}\n{}", logs(&state_dir));
+    let message = format!(
+        "From: <{addr}>\r\nTo: <{addr}>\r\nSubject: hi\r\nMessage-ID: <plain@localhost>\r\n\
+         \r\nThis is not encrypted.\r\n"
+    );
+    let sent = smtp
+        .send(&addr, &[&addr], &message)
+        .expect("SMTP transaction");
+    assert_eq!(
+        (sent.step, sent.reply.code),
+        (".", 523),
+        "{sent}\n{}",
+        logs(&state_dir)
+    );
+    smtp.quit();
+
+    // Without TLS, 587 does not offer AUTH: the loopback relay requires TLS as a relay does.
+    let mut plain = Smtp::connect(local(ports.postfix.submission)).expect("587 connect");
+    let ehlo = plain.ehlo("client.localhost").expect("EHLO on 587");
+    assert!(ehlo.text.contains("STARTTLS"), "{ehlo}");
+    assert!(!ehlo.text.contains("AUTH"), "{ehlo}");
+    plain.quit();
+
+    let stopped = script(&["stop", "--state-dir", &dir]);
+    assert!(stopped.status.success(), "stop failed\n{}", text(&stopped));
+    // Exited processes may stay zombies until init reaps them; is_alive ignores those.
+    let gone = poll_until(Duration::from_secs(10), || {
+        processes.iter().all(|p| !p.is_alive())
+    });
+    assert!(gone, "still running after stop: {processes:?}");
+    for (name, port) in ports.named() {
+        let closed = poll_until(Duration::from_secs(10), || {
+            TcpStream::connect(local(port)).is_err()
+        });
+        assert!(
+            closed,
+            "{name} port {port} still accepts connections after stop"
+        );
+    }
+    assert!(!state_dir.exists(), "stop leaves {dir} behind");
+
+    let again = script(&["stop", "--state-dir", &dir]);
+    assert!(
+        !again.status.success(),
+        "a second stop succeeded\n{}",
+        text(&again)
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no loopback relay runs"),
+        "{}",
+        text(&again)
+    );
+}
