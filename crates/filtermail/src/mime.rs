@@ -6,6 +6,8 @@
 //! without bound on hostile input; a fuzzer can drive this module directly. Header values
 //! are not RFC 2047-decoded: every value the check compares is ASCII.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 /// Multipart nesting deeper than this is treated as a leaf: no legitimate message needs
@@ -55,16 +57,17 @@ impl<'a> Part<'a> {
     }
 
     /// The body after Content-Transfer-Encoding decoding (base64, quoted-printable; any
-    /// other encoding is identity). Broken base64 decodes leniently, as mail readers do.
-    pub fn decoded_body(&self) -> Vec<u8> {
+    /// other encoding is identity, and borrows). Broken base64 decodes leniently, as mail
+    /// readers do.
+    pub fn decoded_body(&self) -> Cow<'a, [u8]> {
         let encoding = self
             .header("content-transfer-encoding")
             .unwrap_or("")
             .to_ascii_lowercase();
         match encoding.as_str() {
-            "base64" => decode_base64_lenient(self.body),
-            "quoted-printable" => decode_quoted_printable(self.body),
-            _ => self.body.to_vec(),
+            "base64" => Cow::Owned(decode_base64_lenient(self.body)),
+            "quoted-printable" => Cow::Owned(decode_quoted_printable(self.body)),
+            _ => Cow::Borrowed(self.body),
         }
     }
 }
@@ -126,7 +129,7 @@ fn split_header(entity: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+    memchr::memchr(needle, haystack)
 }
 
 /// Unfolds the header block into `(name, value)` pairs; lines without a colon are skipped.
@@ -294,24 +297,27 @@ mod tests {
         assert_eq!(part.content_type(), "multipart/mixed");
         assert_eq!(part.children().len(), 2);
         assert!(part.children()[0].is_multipart());
-        assert_eq!(part.children()[0].children()[0].decoded_body(), b"x");
+        assert_eq!(
+            part.children()[0].children()[0].decoded_body().as_ref(),
+            b"x"
+        );
         assert_eq!(part.children()[1].content_type(), "text/plain");
-        assert_eq!(part.children()[1].decoded_body(), b"hello");
+        assert_eq!(part.children()[1].decoded_body().as_ref(), b"hello");
     }
 
     #[test]
     fn first_header_wins_and_folding_is_undone() {
         let part = Part::parse(b"Subject: one\r\n two\r\nsubject: three\r\n\r\nbody");
         assert_eq!(part.header("SUBJECT"), Some("one two"));
-        assert_eq!(part.decoded_body(), b"body");
+        assert_eq!(part.decoded_body().as_ref(), b"body");
     }
 
     #[test]
     fn decodes_transfer_encodings() {
         let b64 = Part::parse(b"Content-Transfer-Encoding: BASE64\r\n\r\naGVs\r\nbG8=\r\n");
-        assert_eq!(b64.decoded_body(), b"hello");
+        assert_eq!(b64.decoded_body().as_ref(), b"hello");
         let qp = Part::parse(b"Content-Transfer-Encoding: quoted-printable\r\n\r\na=3Db=\r\nc");
-        assert_eq!(qp.decoded_body(), b"a=bc");
+        assert_eq!(qp.decoded_body().as_ref(), b"a=bc");
     }
 
     #[test]

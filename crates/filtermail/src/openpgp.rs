@@ -46,11 +46,13 @@ pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
     if let Some(pos) = text.iter().rposition(|&b| b == b'=') {
         text = text.get(..pos).unwrap_or(&[]);
     }
-    let base64: Vec<u8> = text
-        .iter()
-        .copied()
-        .filter(|&b| b != b'\r' && b != b'\n')
-        .collect();
+    let mut base64 = Vec::with_capacity(text.len());
+    let mut start = 0;
+    for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
+        base64.extend_from_slice(text.get(start..line_break).unwrap_or_default());
+        start = line_break + 1;
+    }
+    base64.extend_from_slice(text.get(start..).unwrap_or_default());
     match base64::engine::general_purpose::STANDARD.decode(base64) {
         Ok(data) => is_encrypted_packet_sequence(&data),
         Err(_) => false,

@@ -80,13 +80,7 @@ pub async fn reinject(
     recipients: &[String],
     data: &[u8],
 ) -> Result<(), ReinjectError> {
-    let stream = tokio::time::timeout(target.timeout, TcpStream::connect(target.addr))
-        .await
-        .map_err(|_| ReinjectError::Connection(format!("connecting to {} timed out", target.addr)))?
-        .map_err(|err| {
-            ReinjectError::Connection(format!("connecting to {}: {err}", target.addr))
-        })?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect(target).await?;
     let mut client = Client {
         stream: BufReader::new(stream),
         timeout: target.timeout,
@@ -112,30 +106,62 @@ pub async fn reinject(
     }
     client.send(b"DATA\r\n").await?;
     client.expect(354).await?;
-    client.send(&dot_stuff(data)).await?;
+    client.send_message(data).await?;
     client.expect(250).await?;
     // The message is Postfix's now; a failed QUIT changes nothing.
     let _ = client.send(b"QUIT\r\n").await;
     Ok(())
 }
 
+/// Connects to Postfix with Nagle's algorithm off. With it on, the last small segment of
+/// the message data waits for the ACK of the previous one, which Postfix delays (it is
+/// waiting for more data): about 40 ms per message, the stall upstream's filtermail has.
+async fn connect(target: &ReinjectTarget) -> Result<TcpStream, ReinjectError> {
+    let stream = tokio::time::timeout(target.timeout, TcpStream::connect(target.addr))
+        .await
+        .map_err(|_| ReinjectError::Connection(format!("connecting to {} timed out", target.addr)))?
+        .map_err(|err| {
+            ReinjectError::Connection(format!("connecting to {}: {err}", target.addr))
+        })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|err| ReinjectError::Connection(format!("setting TCP_NODELAY: {err}")))?;
+    Ok(stream)
+}
+
 /// The wire form of a message: leading dots doubled, a final CRLF if missing, and the
 /// `.` terminator line.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
+    let (pieces, end) = wire_pieces(data);
+    let mut out = Vec::with_capacity(data.len() + pieces.len() + end.len());
+    for piece in pieces {
+        out.extend_from_slice(piece);
     }
-    if !data.is_empty() && !data.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    out.extend_from_slice(end);
     out
+}
+
+/// The wire form of `data` without copying it: slices of `data` whose concatenation is the
+/// dot-stuffed message (each line-start dot ends one slice and starts the next, so it goes
+/// out twice), then the terminator (with the CRLF the data may lack).
+fn wire_pieces(data: &[u8]) -> (Vec<&[u8]>, &'static [u8]) {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    if data.first() == Some(&b'.') {
+        pieces.push(data.get(..1).unwrap_or_default());
+    }
+    for newline in memchr::memmem::find_iter(data, b"\n.") {
+        let dot = newline + 1;
+        pieces.push(data.get(start..=dot).unwrap_or_default());
+        start = dot;
+    }
+    pieces.push(data.get(start..).unwrap_or_default());
+    let end: &[u8] = if data.is_empty() || data.ends_with(b"\r\n") {
+        b".\r\n"
+    } else {
+        b"\r\n.\r\n"
+    };
+    (pieces, end)
 }
 
 struct Client {
@@ -148,6 +174,36 @@ impl Client {
         let write = async {
             self.stream.get_mut().write_all(bytes).await?;
             self.stream.get_mut().flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(ReinjectError::Connection(format!(
+                "sending to Postfix: {err}"
+            ))),
+            Err(_) => Err(ReinjectError::Connection(
+                "sending to Postfix timed out".into(),
+            )),
+        }
+    }
+
+    /// Sends the message data in its wire form. The data is written from where it lies;
+    /// only its last bytes are copied, to share one write with the terminator.
+    async fn send_message(&mut self, data: &[u8]) -> Result<(), ReinjectError> {
+        /// At most this much is copied to go out with the terminator.
+        const TAIL: usize = 4096;
+        let (mut pieces, end) = wire_pieces(data);
+        let last = pieces.pop().unwrap_or_default();
+        let (body, tail) = last.split_at(last.len().saturating_sub(TAIL));
+        let mut finish = Vec::with_capacity(tail.len() + end.len());
+        finish.extend_from_slice(tail);
+        finish.extend_from_slice(end);
+        let write = async {
+            let stream = self.stream.get_mut();
+            for piece in pieces.into_iter().chain([body]) {
+                stream.write_all(piece).await?;
+            }
+            stream.write_all(&finish).await?;
+            stream.flush().await
         };
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
@@ -220,6 +276,61 @@ mod tests {
         );
         assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    /// The transparency rule written out byte by byte, to compare the slicing with.
+    fn stuff_bytewise(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        for &b in data {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !data.is_empty() && !data.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn stuffing_by_slices_matches_the_rule() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b".",
+            b"..",
+            b"\r\n.\r\n",
+            b".\r\n.\r\n..\r\n",
+            b"a.b\r\n.c\r\nd.\r\n",
+            b"x\n.y",
+            b"no final crlf.",
+            b"\r\n\r\n",
+            b".a\r\n\r\n.\r\n.",
+        ];
+        for &data in cases {
+            assert_eq!(
+                dot_stuff(data),
+                stuff_bytewise(data),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+    }
+
+    /// Without TCP_NODELAY every message would wait for Postfix's delayed ACK before its
+    /// last segment went out (40 ms per message on Linux).
+    #[tokio::test]
+    async fn reinjection_connection_disables_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = ReinjectTarget {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_secs(10),
+        };
+        let stream = connect(&target).await.unwrap();
+        assert!(stream.nodelay().unwrap());
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::reinject::reinject;
 /// Postfix's lines longer, never this long).
 const MAX_COMMAND_LINE: usize = 4096;
 
+/// Read buffer per connection.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Limits that keep one peer from holding resources forever.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -110,7 +113,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(
         if available.is_empty() {
             return Ok(Line::Eof);
         }
-        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', available) {
             Some(pos) => (available.get(..=pos).unwrap_or(available), true),
             None => (available, false),
         };
@@ -163,7 +166,8 @@ async fn handle_connection(stream: TcpStream, filter: &Filter) -> std::io::Resul
     let _ = stream.set_nodelay(true);
     let mut session = Session {
         filter,
-        reader: BufReader::new(stream),
+        // Megabyte messages arrive in 64 KiB reads rather than 8 KiB ones.
+        reader: BufReader::with_capacity(READ_BUFFER, stream),
         sender: None,
         recipients: Vec::new(),
         line: Vec::new(),
@@ -299,12 +303,19 @@ impl Session<'_> {
             } else {
                 max.saturating_sub(data.len()).saturating_add(8)
             };
+            // A line already in the buffer needs no timer: arming one per line cost
+            // more than reading the line.
+            let buffered = memchr::memchr(b'\n', self.reader.buffer()).is_some();
             let read = read_line(&mut self.reader, &mut self.line, limit);
-            let read = match tokio::time::timeout(self.filter.limits.data_timeout, read).await {
-                Ok(read) => read?,
-                Err(_) => {
-                    self.reply("421 4.4.2 Timeout, closing connection").await?;
-                    return Ok(Flow::Close);
+            let read = if buffered {
+                read.await?
+            } else {
+                match tokio::time::timeout(self.filter.limits.data_timeout, read).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        self.reply("421 4.4.2 Timeout, closing connection").await?;
+                        return Ok(Flow::Close);
+                    }
                 }
             };
             match read {
@@ -317,6 +328,7 @@ impl Session<'_> {
                         None => &self.line,
                     };
                     bare_cr |= content.contains(&b'\r');
+                    grow(&mut data, content.len() + 2);
                     data.extend_from_slice(content);
                     data.extend_from_slice(b"\r\n");
                     if data.len() > max {
@@ -354,6 +366,15 @@ impl Session<'_> {
             .await;
         self.reply(&reply).await?;
         Ok(Flow::Continue)
+    }
+}
+
+/// Makes room for `more` bytes, growing by a quarter instead of doubling: a message just
+/// over 1 MiB then holds at most 1.25 MiB, not 2 MiB, on every connection receiving one.
+/// The few extra reallocations (about ten for 1 MiB) cost little next to the check.
+fn grow(data: &mut Vec<u8>, more: usize) {
+    if data.capacity() - data.len() < more {
+        data.reserve_exact(more.max(data.len() / 4).max(READ_BUFFER));
     }
 }
 

@@ -329,6 +329,40 @@ async fn dialogue_replies() {
     c.assert_closed().await;
 }
 
+/// Each reply leaves in one write, so it arrives in one read: a multi-line reply split
+/// over writes would, without TCP_NODELAY, hold its last line until the peer's delayed ACK
+/// (the 40 ms per message stall), and arrive in pieces here.
+async fn one_read(stream: &mut TcpStream, buf: &mut [u8]) -> usize {
+    tokio::time::timeout(Duration::from_secs(10), stream.read(buf))
+        .await
+        .expect("reply in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn multi_line_replies_arrive_in_one_read() {
+    let sink = start_sink(SinkMode::Accept).await;
+    let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
+    let mut stream = TcpStream::connect(setup.addr).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = one_read(&mut stream, &mut buf).await;
+    assert_eq!(&buf[..n], b"220 filtermail SMTP\r\n");
+    for (command, reply) in [
+        (
+            &b"EHLO x\r\n"[..],
+            &b"250-filtermail\r\n250-8BITMIME\r\n250 OK\r\n"[..],
+        ),
+        (b"HELO x\r\n", b"250-filtermail\r\n250 OK\r\n"),
+    ] {
+        stream.write_all(command).await.unwrap();
+        let n = one_read(&mut stream, &mut buf).await;
+        assert_eq!(
+            String::from_utf8_lossy(&buf[..n]),
+            String::from_utf8_lossy(reply)
+        );
+    }
+}
+
 #[tokio::test]
 async fn encrypted_mail_is_reinjected_byte_identical() {
     let (logs, _guard) = capture_logs();
