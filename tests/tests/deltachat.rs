@@ -1,0 +1,385 @@
+//! The real Delta Chat client (deltachat-rpc-server and deltachat-rpc-client from PyPI, in
+//! the venv scripts/install-deps makes) against the loopback relay: Postfix with filtermail,
+//! Dovecot with doveauth, lastlogin and chatmail-metadata, and the local push gateway.
+//!
+//! Each test starts a relay with the chatmail.ini lines its scenario needs, writes the
+//! relay's parameters to a JSON file, and runs one scenario of tests/deltachat/scenarios.py
+//! on it; the scenario asserts on what the client shows and on the relay's files, and its
+//! output is streamed here, prefixed with its name. Accounts reach the client as `dclogin:`
+//! URLs made by [`chatmail_e2e::dclogin`], so each scenario also proves them.
+//!
+//! The client connects as to a chatmail relay on an underscore domain: IMAPS and
+//! submissions with the relay's self-signed certificate (`is=ssl`, `ss=ssl`, `ic=2`).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, sleep};
+use std::time::{Duration, Instant};
+
+use chatmail_e2e::binaries::workspace_root;
+use chatmail_e2e::dclogin::{DcLogin, Security, Server};
+use chatmail_e2e::{DOMAIN, MailRelay, poll_until};
+
+/// The venv scripts/install-deps creates, relative to the workspace root.
+const VENV: &str = ".venv-e2e";
+/// The scenarios, relative to the workspace root.
+const SCENARIOS: &str = "tests/deltachat/scenarios.py";
+/// Postfix's `message_size_limit`: above filtermail's default `max_message_size`.
+const NO_POSTFIX_LIMIT: u64 = 64 * 1024 * 1024;
+/// How long one scenario may run before it is killed; each of its own waits is shorter.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
+/// A password with every character a URL or a form decoder could take for syntax.
+const TRICKY_PASSWORD: &str = "dc+login &=%?/#pass-9";
+const PASSWORD: &str = "correct-horse-9";
+
+/// The venv's Python with deltachat-rpc-client and the rpc server next to it, or `None`
+/// (after printing why) outside CI; in CI a missing venv panics, as a missing Dovecot does.
+fn require_deltachat() -> Option<PathBuf> {
+    let venv = workspace_root().join(VENV);
+    let python = venv.join("bin/python");
+    let server = venv.join("bin/deltachat-rpc-server");
+    let importable = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import deltachat_rpc_client"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    if importable && server.exists() {
+        return Some(python);
+    }
+    let why = format!(
+        "{} lacks deltachat-rpc-client or deltachat-rpc-server (run scripts/install-deps)",
+        venv.display()
+    );
+    if std::env::var_os("CI").is_some_and(|value| !value.is_empty()) {
+        panic!("the Delta Chat venv is required in CI: {why}");
+    }
+    let test = std::thread::current().name().unwrap_or("test").to_string();
+    eprintln!("skipping {test}: {why}");
+    None
+}
+
+/// Where the client reaches the relay: IMAPS and submissions (SMTP over TLS), both with
+/// the relay's self-signed certificate, as a chatmail relay on an underscore domain has.
+fn servers(mail: &MailRelay) -> (Server, Server) {
+    let imap = Server {
+        host: "127.0.0.1".to_string(),
+        port: mail.relay().imaps_addr().port(),
+        security: Security::Tls,
+    };
+    let smtp = Server {
+        host: "127.0.0.1".to_string(),
+        port: mail.submissions_addr().port(),
+        security: Security::Tls,
+    };
+    (imap, smtp)
+}
+
+/// One account the scenario configures in Delta Chat from its `dclogin:` URL.
+struct Account {
+    addr: String,
+    password: String,
+    dclogin: String,
+}
+
+impl Account {
+    fn new(mail: &MailRelay, localpart: &str, password: &str) -> Account {
+        let addr = format!("{localpart}@{DOMAIN}");
+        let (imap, smtp) = servers(mail);
+        let dclogin = DcLogin {
+            addr: addr.clone(),
+            password: password.to_string(),
+            imap,
+            smtp,
+            // The relay's certificate is self-signed.
+            accept_invalid_certs: true,
+        }
+        .url();
+        Account {
+            addr,
+            password: password.to_string(),
+            dclogin,
+        }
+    }
+}
+
+/// A JSON string literal.
+fn json_str(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_path(path: &Path) -> String {
+    json_str(&path.display().to_string())
+}
+
+/// Starts a relay with `ini` for `scenario`: `None` when the machine cannot run it.
+fn start(ini: &str) -> Option<(PathBuf, MailRelay)> {
+    let python = require_deltachat()?;
+    let mail = MailRelay::start(ini, NO_POSTFIX_LIMIT)?;
+    Some((python, mail))
+}
+
+/// Writes the relay's parameters (and `extra`, `"key": value` JSON members) and runs
+/// `scenario` on them; panics with its output and the relay's logs unless it exits 0.
+fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], extra: &str) {
+    let relay = mail.relay();
+    let vmail = relay.vmail();
+    let (imap, smtp) = servers(mail);
+    let accounts_json: Vec<String> = accounts
+        .iter()
+        .map(|a| {
+            format!(
+                "{{\"addr\": {}, \"password\": {}, \"dclogin\": {}}}",
+                json_str(&a.addr),
+                json_str(&a.password),
+                json_str(&a.dclogin)
+            )
+        })
+        .collect();
+    let root = workspace_root();
+    let params = format!(
+        "{{\n\
+         \"scenario\": {scenario},\n\
+         \"domain\": {domain},\n\
+         \"host\": \"127.0.0.1\",\n\
+         \"imap_port\": {imap},\n\
+         \"imap_security\": {imap_security},\n\
+         \"submission_port\": {submission},\n\
+         \"smtp_security\": {smtp_security},\n\
+         \"smtp_port\": {smtp},\n\
+         \"mailboxes_dir\": {mailboxes},\n\
+         \"dovecot_conf\": {dovecot_conf},\n\
+         \"doveadm\": \"/usr/bin/doveadm\",\n\
+         \"vmail_uid\": {uid},\n\
+         \"vmail_gid\": {gid},\n\
+         \"rpc_server\": {rpc_server},\n\
+         \"accounts_dir\": {accounts_dir},\n\
+         \"accounts\": [{accounts}]{extra}\n\
+         }}\n",
+        scenario = json_str(scenario),
+        domain = json_str(DOMAIN),
+        imap = imap.port,
+        imap_security = json_str(imap.security.as_str()),
+        submission = smtp.port,
+        smtp_security = json_str(smtp.security.as_str()),
+        smtp = mail.smtp_addr().port(),
+        mailboxes = json_path(relay.mailboxes_dir()),
+        dovecot_conf = json_path(&relay.path("dovecot.conf")),
+        uid = vmail.uid.as_raw(),
+        gid = vmail.gid.as_raw(),
+        rpc_server = json_path(&root.join(VENV).join("bin/deltachat-rpc-server")),
+        accounts_dir = json_path(&relay.path("deltachat-accounts")),
+        accounts = accounts_json.join(", "),
+        extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",\n{extra}")
+        },
+    );
+    let params_path = relay.path("deltachat-params.json");
+    std::fs::write(&params_path, params).expect("cannot write the scenario parameters");
+
+    let mut child = Command::new(python)
+        .arg(root.join(SCENARIOS))
+        .arg(&params_path)
+        .current_dir(relay.path(""))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", python.display()));
+    let output = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        stream(child.stdout.take(), scenario, &output),
+        stream(child.stderr.take(), scenario, &output),
+    ];
+    let status = wait(&mut child, SCENARIO_TIMEOUT);
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let output = output.lock().map(|o| o.clone()).unwrap_or_default();
+    match status {
+        Some(status) if status.success() => {}
+        Some(status) => panic!(
+            "scenario {scenario} failed ({status}):\n{output}\n{}",
+            mail.logs()
+        ),
+        None => panic!(
+            "scenario {scenario} did not end within {SCENARIO_TIMEOUT:?}:\n{output}\n{}",
+            mail.logs()
+        ),
+    }
+}
+
+/// Forwards `pipe` line by line to stderr (captured per test by the harness) and `all`.
+fn stream<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    scenario: &str,
+    all: &Arc<Mutex<String>>,
+) -> JoinHandle<()> {
+    let prefix = scenario.to_string();
+    let all = all.clone();
+    std::thread::spawn(move || {
+        let Some(pipe) = pipe else {
+            return;
+        };
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else {
+                return;
+            };
+            eprintln!("[{prefix}] {line}");
+            if let Ok(mut all) = all.lock() {
+                all.push_str(&line);
+                all.push('\n');
+            }
+        }
+    })
+}
+
+/// Waits for `child` up to `timeout`; kills it (only it) and returns `None` after that.
+fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn dclogin_accounts_are_created_on_first_login() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "dclogin01", TRICKY_PASSWORD),
+        Account::new(&mail, "dclogin02", PASSWORD),
+    ];
+    run(&python, &mail, "dclogin", &accounts, "");
+}
+
+#[test]
+fn securejoin_then_encrypted_text_and_files_both_ways() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "sjalice01", PASSWORD),
+        Account::new(&mail, "sjbob0001", PASSWORD),
+    ];
+    run(&python, &mail, "securejoin", &accounts, "");
+    assert!(
+        mail.filtermail_log()
+            .contains("Outgoing: Filtering encrypted mail."),
+        "{}",
+        mail.logs()
+    );
+}
+
+#[test]
+fn plain_message_by_raw_smtp_is_refused_with_523() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "plalice01", PASSWORD),
+        Account::new(&mail, "plbob0001", PASSWORD),
+    ];
+    run(&python, &mail, "plain_refused", &accounts, "");
+}
+
+/// One message a minute after a burst of this many.
+const BURST: u32 = 6;
+
+#[test]
+fn messages_past_the_burst_are_rate_limited() {
+    let ini = format!("max_user_send_per_minute = 1\nmax_user_send_burst_size = {BURST}\n");
+    let Some((python, mail)) = start(&ini) else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "rlalice01", PASSWORD),
+        Account::new(&mail, "rlbob0001", PASSWORD),
+    ];
+    let extra = format!("\"burst\": {BURST},\n\"per_minute\": 1");
+    run(&python, &mail, "rate_limit", &accounts, &extra);
+    let refused = format!("Too much mail from {}", accounts[0].addr);
+    assert!(mail.postfix_log().contains(&refused), "{}", mail.logs());
+}
+
+#[test]
+fn wrong_password_is_refused() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "wpowner01", PASSWORD),
+        Account::new(&mail, "wpowner01", "wrong-horse-9"),
+    ];
+    run(&python, &mail, "wrong_password", &accounts, "");
+    assert!(
+        mail.relay().dovecot_log().contains("auth failed")
+            || mail.relay().dovecot_log().contains("Password mismatch"),
+        "{}",
+        mail.logs()
+    );
+}
+
+#[test]
+fn device_token_is_stored_and_delivery_pushes() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "pualice01", PASSWORD),
+        Account::new(&mail, "pubob0001", PASSWORD),
+    ];
+    let token = "openpgp:e2e-device-token-1";
+    let extra = format!("\"push_token\": {}", json_str(token));
+    run(&python, &mail, "push", &accounts, &extra);
+    let relay = mail.relay();
+    assert!(
+        poll_until(Duration::from_secs(20), || relay
+            .pushes()
+            .iter()
+            .any(|body| body == token)),
+        "no push with the token reached the gateway: {:?}\n{}",
+        relay.pushes(),
+        mail.logs()
+    );
+}
+
+#[test]
+fn quota_warning_expires_the_oldest_messages() {
+    let Some((python, mail)) = start("") else {
+        return;
+    };
+    let accounts = [
+        Account::new(&mail, "qualice01", PASSWORD),
+        Account::new(&mail, "qubob0001", PASSWORD),
+    ];
+    run(&python, &mail, "quota", &accounts, "");
+}
