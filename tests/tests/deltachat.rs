@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use chatmail_e2e::binaries::workspace_root;
 use chatmail_e2e::dclogin::{DcLogin, Security, Server};
+use chatmail_e2e::host::DOVEADM;
 use chatmail_e2e::{DOMAIN, MailRelay, poll_until};
 
 /// The venv scripts/install-deps creates, relative to the workspace root.
@@ -166,7 +167,7 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
          \"smtp_port\": {smtp},\n\
          \"mailboxes_dir\": {mailboxes},\n\
          \"dovecot_conf\": {dovecot_conf},\n\
-         \"doveadm\": \"/usr/bin/doveadm\",\n\
+         \"doveadm\": {doveadm},\n\
          \"vmail_uid\": {uid},\n\
          \"vmail_gid\": {gid},\n\
          \"rpc_server\": {rpc_server},\n\
@@ -182,6 +183,7 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
         smtp = mail.smtp_addr().port(),
         mailboxes = json_path(relay.mailboxes_dir()),
         dovecot_conf = json_path(&relay.path("dovecot.conf")),
+        doveadm = json_str(DOVEADM),
         uid = vmail.uid.as_raw(),
         gid = vmail.gid.as_raw(),
         rpc_server = json_path(&root.join(VENV).join("bin/deltachat-rpc-server")),
@@ -279,6 +281,11 @@ fn dclogin_accounts_are_created_on_first_login() {
         Account::new(&mail, "dclogin02", PASSWORD),
     ];
     run(&python, &mail, "dclogin", &accounts, "");
+    let doveauth = mail.relay().doveauth_log();
+    for account in &accounts {
+        let created = format!("Created address: {}", account.addr);
+        assert!(doveauth.contains(&created), "{}", mail.logs());
+    }
 }
 
 #[test]
