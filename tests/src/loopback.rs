@@ -184,6 +184,7 @@ pub fn start(options: &StartOptions) -> Result<Running, String> {
         state_dir: Some(state_dir.clone()),
         imap_ports: Some((ports.imap, ports.imaps)),
         loopback: true,
+        before_daemons: None,
     };
     let mail = MailRelay::start_with("", MAX_MESSAGE_SIZE, &relay_options, Some(ports.postfix))
         .ok_or("this machine cannot run the relay (see above)")?;

@@ -63,6 +63,9 @@ pub struct Options {
     /// terminal that started it does not reach it), 10 waiting imap-login processes, and
     /// no push gateway (there is no process left to run it).
     pub loopback: bool,
+    /// Called with `mailboxes_dir` (created, vmail's) before any daemon starts, to put
+    /// files there that the daemons find at start (e.g. a push queue).
+    pub before_daemons: Option<fn(&Path, Vmail)>,
 }
 
 /// A process this relay started, for [`Relay::detach`].
@@ -182,6 +185,9 @@ impl Relay {
 
         fs::create_dir_all(&relay.mailboxes_dir).expect("cannot create mailboxes_dir");
         relay.give_to_vmail(&relay.mailboxes_dir, 0o755);
+        if let Some(prepare) = options.before_daemons {
+            prepare(&relay.mailboxes_dir, vmail);
+        }
         let sockets = relay.path("daemons");
         fs::create_dir(&sockets).expect("cannot create the daemons' socket dir");
         relay.give_to_vmail(&sockets, 0o755);
