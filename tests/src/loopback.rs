@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::dclogin::Security;
 use crate::imap::Imap;
 use crate::postfix::{MailRelay, Ports};
 use crate::relay::{DOMAIN, MAX_MESSAGE_SIZE, Options, Started, free_port};
@@ -350,15 +351,19 @@ fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
 }
 
 /// The `dclogin:` URL Delta Chat scans or opens to log in to `addr` on the loopback relay:
-/// IMAP over TLS and SMTP over TLS on 127.0.0.1, self-signed certificates accepted.
-///
-/// TODO: switch to `crate::dclogin::dclogin_url` once that module is in the tree.
+/// IMAP and SMTP over TLS from the first byte on 127.0.0.1, the self-signed certificate
+/// accepted.
 pub fn dclogin_url(addr: &str, password: &str, ports: &RelayPorts) -> String {
-    format!(
-        "dclogin:{addr}?p={password}&v=1&ih=127.0.0.1&ip={imaps}&is=ssl\
-         &sh=127.0.0.1&sp={submissions}&ss=ssl&ic=3&sc=3",
-        imaps = ports.imaps,
-        submissions = ports.postfix.submissions,
+    crate::dclogin::dclogin_url(
+        addr,
+        password,
+        "127.0.0.1",
+        ports.imaps,
+        Security::Tls,
+        "127.0.0.1",
+        ports.postfix.submissions,
+        Security::Tls,
+        true,
     )
 }
 

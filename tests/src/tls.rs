@@ -1,6 +1,6 @@
 //! TLS for the relay: a self-signed certificate made with the `openssl` command line (as a
 //! chatmail relay with an underscore domain makes its own), and a client that accepts any
-//! certificate, as Delta Chat does when told to (`ic=3` in a `dclogin:` URL).
+//! certificate, as Delta Chat does when told to (`ic=2` in a `dclogin:` URL).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -109,7 +109,9 @@ fn start_serves_tls_and_stop_leaves_nothing() {
         url.contains(&format!("&sp={}", ports.postfix.submissions)),
         "{url}"
     );
-    assert!(url.contains("&ic=3"), "{url}");
+    assert!(url.contains("&is=ssl") && url.contains("&ss=ssl"), "{url}");
+    // Accept the self-signed certificate.
+    assert!(url.contains("&ic=2"), "{url}");
 
     // IMAPS: the first login over TLS creates the account.
     let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
