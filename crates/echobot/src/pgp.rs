@@ -15,6 +15,7 @@ use openpgp::packet::{PKESK, SKESK};
 use openpgp::parse::Parse;
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageLayer, MessageStructure, VerificationHelper,
+    VerifierBuilder,
 };
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Signer};
@@ -87,21 +88,34 @@ pub fn encrypt_and_sign(plaintext: &[u8], recipients: &[&Cert], key: &BotKey) ->
 }
 
 /// Encrypts `plaintext` with `password` only (one SKESK, no public-key recipients) and
-/// signs it with the bot's key: SecureJoin v3's `vc-pubkey` answer. Not compressed.
+/// signs it with the bot's key: SecureJoin v3's `vc-pubkey` answer. SKESK v6 + SEIPD v2
+/// with AES-128-OCB, as Delta Chat writes it; not compressed.
 pub fn encrypt_symmetric_and_sign(
     plaintext: &[u8],
     password: &str,
     key: &BotKey,
 ) -> Result<String> {
+    if !can_decrypt_seipdv2() {
+        // SKESK v6 + SEIPD v2 with AES-OCB as Delta Chat writes it, by hand.
+        let signed = (|| -> openpgp::Result<Vec<u8>> {
+            let mut sink = Vec::new();
+            let message = Message::new(&mut sink);
+            let message = Signer::new(message, signing_keypair(key)?)?.build()?;
+            let mut literal = LiteralWriter::new(message).build()?;
+            literal.write_all(plaintext)?;
+            literal.finalize()?;
+            Ok(sink)
+        })()
+        .map_err(Error::pgp)?;
+        return armor_message(&crate::ocb::encrypt_with_password(&signed, password)?);
+    }
     let binary = (|| -> openpgp::Result<Vec<u8>> {
         let mut sink = Vec::new();
         let message = Message::new(&mut sink);
-        let mut encryptor = Encryptor::with_passwords(message, Some(Password::from(password)))
-            .symmetric_algo(SymmetricAlgorithm::AES128);
-        if openpgp::types::AEADAlgorithm::OCB.is_supported() {
-            encryptor = encryptor.aead_algo(openpgp::types::AEADAlgorithm::OCB);
-        }
-        let message = encryptor.build()?;
+        let message = Encryptor::with_passwords(message, Some(Password::from(password)))
+            .symmetric_algo(SymmetricAlgorithm::AES128)
+            .aead_algo(openpgp::types::AEADAlgorithm::OCB)
+            .build()?;
         let message = Signer::new(message, signing_keypair(key)?)?.build()?;
         let mut literal = LiteralWriter::new(message).build()?;
         literal.write_all(plaintext)?;
@@ -156,17 +170,54 @@ pub fn decrypt(
 
 /// Decrypts a password-based message with the first of `passwords` that opens one of its
 /// SKESKs. As with [`decrypt`], a signature is checked against what `sender_cert` finds
-/// for the plaintext.
+/// for the plaintext. SKESK v6 + SEIPD v2 with AES-OCB (SecureJoin v3) is handled by
+/// [`crate::ocb`] where the backend cannot.
 pub fn decrypt_with_passwords(
     message: &[u8],
     passwords: &[String],
     sender_cert: impl FnOnce(&[u8]) -> Option<Cert>,
 ) -> Result<Decrypted> {
-    let first = run_decryptor(message, Keys::Passwords(passwords), Vec::new())?;
+    let first = match run_decryptor(message, Keys::Passwords(passwords), Vec::new()) {
+        Ok(first) => first,
+        Err(err) if can_decrypt_seipdv2() => return Err(err),
+        Err(_) => {
+            let (index, packets) = crate::ocb::decrypt_with_passwords(message, passwords)?;
+            let first = run_verifier(&packets, Vec::new(), index)?;
+            let Some(cert) = sender_cert(&first.plaintext) else {
+                return Ok(first);
+            };
+            return run_verifier(&packets, vec![cert], index);
+        }
+    };
     let Some(cert) = sender_cert(&first.plaintext) else {
         return Ok(first);
     };
     run_decryptor(message, Keys::Passwords(passwords), vec![cert])
+}
+
+/// Unpacks already decrypted packets (literal data, maybe signed), checking signatures
+/// against `certs`.
+fn run_verifier(packets: &[u8], certs: Vec<Cert>, password_index: usize) -> Result<Decrypted> {
+    let policy = StandardPolicy::new();
+    let helper = Helper {
+        keys: Keys::Passwords(&[]),
+        certs,
+        signed_by: Vec::new(),
+        encrypted: true,
+        password_index: Some(password_index),
+    };
+    let mut verifier = VerifierBuilder::from_bytes(packets)
+        .map_err(Error::pgp)?
+        .with_policy(&policy, None, helper)
+        .map_err(Error::pgp)?;
+    let mut plaintext = Vec::new();
+    verifier.read_to_end(&mut plaintext).map_err(Error::pgp)?;
+    let helper = verifier.into_helper();
+    Ok(Decrypted {
+        plaintext,
+        signed_by: helper.signed_by,
+        password_index: helper.password_index,
+    })
 }
 
 enum Keys<'a> {
@@ -401,6 +452,17 @@ pub(crate) mod tests {
                 .unwrap();
         assert_eq!(decrypted.plaintext, b"Secure-Join");
         assert_eq!(decrypted.password_index, Some(1));
+        // The shape Delta Chat uses: SKESK v6 and SEIPD v2 with AES-OCB.
+        let pile = openpgp::PacketPile::from_bytes(armored.as_bytes()).unwrap();
+        let packets: Vec<_> = pile.children().collect();
+        assert!(
+            matches!(packets[0], openpgp::Packet::SKESK(SKESK::V6(s)) if s.aead_algo() == openpgp::types::AEADAlgorithm::OCB)
+        );
+        assert!(matches!(
+            packets[1],
+            openpgp::Packet::SEIP(openpgp::packet::SEIP::V2(_))
+        ));
+        assert_eq!(packets.len(), 2);
         assert_eq!(decrypted.signed_by, [bot.public_cert().fingerprint()]);
         let wrong = vec!["securejoin/FP/NOPE".to_owned()];
         assert!(decrypt_with_passwords(armored.as_bytes(), &wrong, |_| None).is_err());

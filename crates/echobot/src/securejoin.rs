@@ -339,8 +339,7 @@ mod tests {
     use crate::message::tests::{BOT, PEER, client_message};
     use crate::message::{Verdict, build_outer, classify, receive};
     use chatmail_filtermail::check::{self, Acceptance, Direction, Envelope, Outcome};
-    use sequoia_openpgp::crypto::Password;
-    use sequoia_openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message};
+    use sequoia_openpgp::serialize::stream::{Armorer, LiteralWriter, Message};
     use std::io::Write;
 
     const NOW: u64 = 1_796_000_000;
@@ -411,15 +410,18 @@ mod tests {
              Message-ID: <r1p@localhost>\r\nSecure-Join: vc-request-pubkey\r\n\
              Secure-Join-Auth: {auth_header}\r\n\r\nSecure-Join\r\n"
         );
-        let mut sink = Vec::new();
-        let message = Message::new(&mut sink);
-        let message = Armorer::new(message).build().unwrap();
-        let message = Encryptor::with_passwords(message, Some(Password::from(password)))
+        // As Delta Chat sends it: SKESK v6 + SEIPD v2 (AES-128-OCB), unsigned.
+        let mut packets = Vec::new();
+        let mut literal = LiteralWriter::new(Message::new(&mut packets))
             .build()
             .unwrap();
-        let mut literal = LiteralWriter::new(message).build().unwrap();
         literal.write_all(inner.as_bytes()).unwrap();
         literal.finalize().unwrap();
+        let binary = crate::ocb::encrypt_with_password(&packets, password).unwrap();
+        let mut sink = Vec::new();
+        let mut armor = Armorer::new(Message::new(&mut sink)).build().unwrap();
+        armor.write_all(&binary).unwrap();
+        armor.finalize().unwrap();
         build_outer(
             PEER,
             "r1p@localhost",
@@ -578,6 +580,16 @@ mod tests {
         let reply = build_reply(&action, alice(), BOT, Some("r1p@localhost"))
             .unwrap()
             .unwrap();
+        let verdict = check::check(
+            &reply.raw,
+            &Envelope {
+                sender: BOT.into(),
+                recipients: vec![PEER.into()],
+            },
+            Direction::Outgoing,
+            |_| false,
+        );
+        assert_eq!(verdict.outcome, Outcome::Accept(Acceptance::Encrypted));
         // Bob opens it with the password from the invite and verifies the bot's signature.
         let at_bob = receive(&reply.raw, bob(), &[password(&fp, auth)], |_| None).unwrap();
         assert_eq!(at_bob.password_index, Some(0));
