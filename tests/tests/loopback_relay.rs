@@ -58,6 +58,91 @@ fn logs(state_dir: &Path) -> String {
     all
 }
 
+/// The local addresses (`IP:port`) of every listening TCP socket and bound UDP socket held
+/// by the processes `roots` or their descendants, from `/proc`.
+fn listening_sockets(roots: &[u32]) -> Vec<String> {
+    // Every process with its parent, then the descendants of the roots.
+    let mut parents = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|field| field.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree: Vec<u32> = roots.to_vec();
+    let mut grown = true;
+    while grown {
+        grown = false;
+        for (pid, ppid) in &parents {
+            if tree.contains(ppid) && !tree.contains(pid) {
+                tree.push(*pid);
+                grown = true;
+            }
+        }
+    }
+    // Their socket inodes.
+    let mut inodes = Vec::new();
+    for pid in &tree {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                let target = target.to_string_lossy().into_owned();
+                if let Some(inode) = target
+                    .strip_prefix("socket:[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                {
+                    inodes.push(inode.to_string());
+                }
+            }
+        }
+    }
+    // The kernel's socket tables: TCP in state 0A (LISTEN), UDP in any state.
+    let mut found = Vec::new();
+    for (table, listen_only) in [
+        ("/proc/net/tcp", true),
+        ("/proc/net/tcp6", true),
+        ("/proc/net/udp", false),
+        ("/proc/net/udp6", false),
+    ] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if (listen_only && *state != "0A") || !inodes.iter().any(|i| i == inode) {
+                continue;
+            }
+            found.push(decode_address(local));
+        }
+    }
+    found
+}
+
+/// `0100007F:1F90` (IPv4, little-endian) as `127.0.0.1:8080`; IPv6 addresses are shown
+/// as `[hex]:port`.
+fn decode_address(hex: &str) -> String {
+    let (ip, port) = hex.split_once(':').unwrap_or((hex, "0"));
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    match u32::from_str_radix(ip, 16) {
+        Ok(raw) if ip.len() == 8 => format!("{}:{port}", Ipv4Addr::from(raw.swap_bytes())),
+        _ => format!("[{ip}]:{port}"),
+    }
+}
+
 #[test]
 fn start_serves_tls_and_stop_leaves_nothing() {
     if require_postfix().is_none() {
@@ -112,6 +197,19 @@ fn start_serves_tls_and_stop_leaves_nothing() {
     assert!(url.contains("&is=ssl") && url.contains("&ss=ssl"), "{url}");
     // Accept the self-signed certificate.
     assert!(url.contains("&ic=2"), "{url}");
+
+    // Nothing the relay started listens beyond 127.0.0.1.
+    let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    let listening = listening_sockets(&roots);
+    assert!(
+        listening.len() >= ports.named().len(),
+        "found only {listening:?}"
+    );
+    let beyond: Vec<&String> = listening
+        .iter()
+        .filter(|addr| !addr.starts_with("127.0.0.1:"))
+        .collect();
+    assert!(beyond.is_empty(), "listening beyond loopback: {beyond:?}");
 
     // IMAPS: the first login over TLS creates the account.
     let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
