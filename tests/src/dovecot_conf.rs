@@ -9,11 +9,6 @@ use std::path::{Path, PathBuf};
 
 use crate::templates::render_template;
 
-/// The characters Dovecot lets through in user names, as on a chatmail relay:
-/// letters, digits and `.-_@[]` (the brackets for IP-literal domains).
-pub const USERNAME_CHARS: &str =
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@[]";
-
 /// The test relays' `local.conf` (included last by dovecot.conf): every dict lookup in the
 /// log, and refused logins answered at once so that refusal tests stay fast. The passdb
 /// key carries the password, so this never belongs on a real relay.
