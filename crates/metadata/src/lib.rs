@@ -18,6 +18,7 @@ pub mod handler;
 pub mod json;
 pub mod keys;
 pub mod notifier;
+pub mod pace;
 pub mod queue;
 pub mod tokens;
 pub mod turn;

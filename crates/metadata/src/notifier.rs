@@ -152,24 +152,18 @@ impl Notifier {
     pub async fn new_message_for_addr(&self, addr: String) -> Result<usize, MetadataError> {
         let inner = &self.inner;
         let start = inner.clock.now();
-        // Like the token files, the items are written on this task: a few system calls,
-        // cheaper than the thread switches of a hop to the blocking pool.
+        // Like the token files, the items are written in this task unless the file system
+        // has been slow lately (see crate::pace).
         let tokens = inner.tokens.valid(&addr, start).await?;
-        let mut items = Vec::with_capacity(tokens.len());
-        let mut failed = None;
-        for token in &tokens {
-            match QueueItem::create(&inner.queue_dir, &addr, start, token) {
-                Ok(item) => items.push(item),
-                Err(source) => {
-                    // The items already written are still sent; the commit fails.
-                    failed = Some(MetadataError::Io {
-                        path: inner.queue_dir.clone(),
-                        source,
-                    });
-                    break;
-                }
-            }
+        if tokens.is_empty() {
+            return Ok(0);
         }
+        let queue_dir = inner.queue_dir.clone();
+        let create = move || create_items(&queue_dir, &addr, start, &tokens);
+        let (items, failed) = match inner.tokens.pace().run_in_task(&create) {
+            Some(created) => created,
+            None => tokio::task::spawn_blocking(create).await?,
+        };
         let count = items.len();
         for item in items {
             self.schedule(item, 0);
@@ -262,6 +256,30 @@ impl Notifier {
             tracing::error!("cannot remove token of {}: {err}", item.addr);
         }
     }
+}
+
+/// One queue item per token; on a failure, the items written so far and the error.
+fn create_items(
+    queue_dir: &Path,
+    addr: &str,
+    start: i64,
+    tokens: &[String],
+) -> (Vec<QueueItem>, Option<MetadataError>) {
+    let mut items = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        match QueueItem::create(queue_dir, addr, start, token) {
+            Ok(item) => items.push(item),
+            Err(source) => {
+                // The items already written are still sent; the commit fails.
+                let error = MetadataError::Io {
+                    path: queue_dir.to_path_buf(),
+                    source,
+                };
+                return (items, Some(error));
+            }
+        }
+    }
+    (items, None)
 }
 
 /// An error with its causes, e.g. "error sending request: operation timed out".

@@ -9,9 +9,10 @@
 //! The async methods ([`TokenStore::add`], [`TokenStore::remove`], [`TokenStore::valid`])
 //! do the file work on the calling task when the lock is free: a handful of system calls
 //! on files in the page cache, cheaper than the two thread switches of a hop to the
-//! blocking pool, which at one connection were most of a request's time. Only when another
-//! holder (upstream's daemon, or another of our connections) has the lock does the work
-//! move to the blocking pool, to wait there for as long as it takes.
+//! blocking pool, which at one connection were most of a request's time. When another
+//! holder (upstream's daemon, or another of our connections) has the lock, the work moves
+//! to the blocking pool, to wait there for as long as it takes; so do writes while the
+//! file system is slow (see [`crate::pace`]).
 //!
 //! A modification that leaves the file's bytes unchanged (a token refreshed within the
 //! same second) writes nothing. Writes are not fsynced, as upstream's are not: see
@@ -20,6 +21,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chatmail_mailbox::Mailboxes;
 use nix::errno::Errno;
@@ -28,6 +30,7 @@ use serde_json::{Map, Value};
 
 use crate::MetadataError;
 use crate::json::to_python_json;
+use crate::pace::Pace;
 
 /// Name of the per-user file.
 pub const METADATA_FILE: &str = "metadata.json";
@@ -57,11 +60,21 @@ pub fn is_valid_timestamp(timestamp: &Value, now: i64) -> bool {
 pub struct TokenStore {
     /// Validates addresses and locates maildirs.
     mailboxes: Mailboxes,
+    /// Whether writes run in the task or on the blocking pool (shared by the clones).
+    pace: Arc<Pace>,
 }
 
 impl TokenStore {
     pub fn new(mailboxes: Mailboxes) -> Self {
-        TokenStore { mailboxes }
+        TokenStore {
+            mailboxes,
+            pace: Arc::new(Pace::new()),
+        }
+    }
+
+    /// The file system's recent speed, for other writers in the same tree (the queue).
+    pub fn pace(&self) -> &Pace {
+        &self.pace
     }
 
     /// The maildir of `addr`, after checking the address is safe as a directory name.
@@ -94,11 +107,14 @@ impl TokenStore {
             .map(|valid| valid.unwrap_or_default())
     }
 
-    /// [`TokenStore::add_token`] without blocking the runtime on the lock.
+    /// [`TokenStore::add_token`] without blocking the runtime on the lock, nor on a slow
+    /// file system (see [`Pace`]).
     pub async fn add(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        if self
-            .modify_tokens(addr, now, Wait::No, insert_token(token, now))?
-            .is_some()
+        let done = self
+            .pace
+            .run_in_task(|| self.modify_tokens(addr, now, Wait::No, insert_token(token, now)));
+        if let Some(done) = done
+            && done?.is_some()
         {
             return Ok(());
         }
@@ -106,11 +122,14 @@ impl TokenStore {
         tokio::task::spawn_blocking(move || store.add_token(&addr, &token, now)).await?
     }
 
-    /// [`TokenStore::remove_token`] without blocking the runtime on the lock.
+    /// [`TokenStore::remove_token`] without blocking the runtime on the lock, nor on a
+    /// slow file system.
     pub async fn remove(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        if self
-            .modify_tokens(addr, now, Wait::No, delete_token(token))?
-            .is_some()
+        let done = self
+            .pace
+            .run_in_task(|| self.modify_tokens(addr, now, Wait::No, delete_token(token)));
+        if let Some(done) = done
+            && done?.is_some()
         {
             return Ok(());
         }
@@ -118,7 +137,8 @@ impl TokenStore {
         tokio::task::spawn_blocking(move || store.remove_token(&addr, &token, now)).await?
     }
 
-    /// [`TokenStore::valid_tokens`] without blocking the runtime on the lock.
+    /// [`TokenStore::valid_tokens`] without blocking the runtime on the lock. Reading runs
+    /// in the task whatever the file system's pace: it creates no file.
     pub async fn valid(&self, addr: &str, now: i64) -> Result<Vec<String>, MetadataError> {
         if let Some(valid) = self.valid_tokens_with(addr, now, Wait::No)? {
             return Ok(valid);
@@ -598,5 +618,52 @@ mod tests {
             Some(Written::Replaced)
         );
         assert_eq!(store.valid_tokens(ADDR, NOW).unwrap(), ["a", "b"]);
+    }
+
+    /// The async forms wait for a held lock on the blocking pool, then do their work.
+    #[tokio::test]
+    async fn async_forms_wait_for_a_held_lock_off_the_runtime() {
+        let (dir, store) = store();
+        store.add_token(ADDR, "a", NOW).unwrap();
+        store.add_token(ADDR, "b", NOW + 10).unwrap();
+        let lock_path = dir.path().join(ADDR).join(METADATA_LOCK_FILE);
+        // "a" has expired at `later`: serving the tokens rewrites the file, under the lock.
+        let later = NOW + TOKEN_LIFETIME_SECS + 5;
+        let held = lock_exclusive(&lock_path, Wait::Yes).unwrap().unwrap();
+        let valid = tokio::spawn({
+            let store = store.clone();
+            async move { store.valid(ADDR, later).await }
+        });
+        // Parked on the blocking pool: this single-threaded runtime still runs.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!valid.is_finished());
+        drop(held);
+        assert_eq!(valid.await.unwrap().unwrap(), ["b"]);
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"b": {}}}}}"#, NOW + 10)
+        );
+
+        let held = lock_exclusive(&lock_path, Wait::Yes).unwrap().unwrap();
+        let removed = tokio::spawn({
+            let store = store.clone();
+            async move { store.remove(ADDR, "b", later).await }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!removed.is_finished());
+        drop(held);
+        removed.await.unwrap().unwrap();
+        assert_eq!(
+            store.valid(ADDR, later).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            r#"{"devicetoken": {}}"#
+        );
     }
 }
