@@ -87,6 +87,27 @@ impl Imap {
         Imap::greet(Box::new(crate::tls::connect(addr, server_name)?))
     }
 
+    /// Connects to an IMAP port, reads the greeting, sends STARTTLS and completes the TLS
+    /// handshake (any certificate accepted).
+    pub fn connect_starttls(addr: SocketAddr, server_name: &str) -> io::Result<Imap> {
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        // The plain dialogue on a clone of the socket; after its tagged OK to STARTTLS the
+        // server sends nothing until the handshake.
+        let mut plain = Imap::greet(Box::new(tcp.try_clone()?))?;
+        let reply = plain.command("STARTTLS")?;
+        if !reply.is_ok() {
+            return Err(io::Error::other(format!("STARTTLS refused: {reply:?}")));
+        }
+        let tls = crate::tls::wrap(tcp, server_name)?;
+        Ok(Imap {
+            reader: BufReader::new(Box::new(tls)),
+            next_tag: plain.next_tag,
+            greeting: plain.greeting,
+        })
+    }
+
     fn greet(stream: Box<dyn Stream>) -> io::Result<Imap> {
         let mut imap = Imap {
             reader: BufReader::new(stream),

@@ -81,6 +81,28 @@ impl Smtp {
         Smtp::greet(Box::new(crate::tls::connect(addr, server_name)?))
     }
 
+    /// Connects, reads the greeting, sends EHLO `client.localhost` and STARTTLS, and
+    /// completes the TLS handshake (any certificate accepted). As after any STARTTLS, the
+    /// next command must be EHLO again.
+    pub fn connect_starttls(addr: SocketAddr, server_name: &str) -> io::Result<Smtp> {
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        // The plain dialogue on a clone of the socket; the server sends nothing after its
+        // 220 to STARTTLS until the handshake, so its buffer holds nothing to lose.
+        let mut plain = Smtp::greet(Box::new(tcp.try_clone()?))?;
+        plain.ehlo("client.localhost")?;
+        let reply = plain.command("STARTTLS")?;
+        if reply.code != 220 {
+            return Err(io::Error::other(format!("STARTTLS refused: {reply}")));
+        }
+        let tls = crate::tls::wrap(tcp, server_name)?;
+        Ok(Smtp {
+            reader: BufReader::new(Box::new(tls)),
+            greeting: plain.greeting,
+        })
+    }
+
     fn greet(stream: Box<dyn Stream>) -> io::Result<Smtp> {
         let mut smtp = Smtp {
             reader: BufReader::new(stream),

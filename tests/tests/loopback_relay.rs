@@ -248,6 +248,52 @@ fn start_serves_tls_and_stop_leaves_nothing() {
     );
     smtp.quit();
 
+    // Submission (587) after STARTTLS: the same.
+    let mut smtp = Smtp::connect_starttls(local(ports.postfix.submission), DOMAIN)
+        .unwrap_or_else(|err| panic!("587 STARTTLS: {err}\n{}", logs(&state_dir)));
+    let ehlo = smtp.ehlo("client.localhost").expect("EHLO after STARTTLS");
+    assert!(ehlo.text.contains("AUTH"), "{ehlo}");
+    let auth = smtp.auth_plain(&addr, password).expect("AUTH");
+    assert_eq!(auth.code, 235, "{auth}\n{}", logs(&state_dir));
+    let sent = smtp
+        .send(&addr, &[&addr], &message)
+        .expect("SMTP transaction");
+    assert_eq!(
+        (sent.step, sent.reply.code),
+        (".", 523),
+        "{sent}\n{}",
+        logs(&state_dir)
+    );
+    smtp.quit();
+
+    // Port 25 after STARTTLS, as another relay delivers: filtermail incoming refuses
+    // cleartext for a recipient whose account enforces encryption.
+    let mut mx = Smtp::connect_starttls(local(ports.postfix.smtp), DOMAIN)
+        .unwrap_or_else(|err| panic!("25 STARTTLS: {err}\n{}", logs(&state_dir)));
+    mx.ehlo("relay.example.org").expect("EHLO after STARTTLS");
+    let remote = "someone@relay.example.org";
+    let incoming = format!(
+        "From: <{remote}>\r\nTo: <{addr}>\r\nSubject: hi\r\nMessage-ID: <in@example.org>\r\n\
+         \r\nThis is not encrypted either.\r\n"
+    );
+    let sent = mx
+        .send(remote, &[&addr], &incoming)
+        .expect("SMTP transaction on 25");
+    assert_eq!(
+        (sent.step, sent.reply.code),
+        (".", 523),
+        "{sent}\n{}",
+        logs(&state_dir)
+    );
+    mx.quit();
+
+    // IMAP (143) after STARTTLS logs in too.
+    let mut imap = Imap::connect_starttls(local(ports.imap), DOMAIN)
+        .unwrap_or_else(|err| panic!("143 STARTTLS: {err}\n{}", logs(&state_dir)));
+    let reply = imap.login(&addr, password).expect("LOGIN after STARTTLS");
+    assert!(reply.is_ok(), "{reply:?}\n{}", logs(&state_dir));
+    imap.logout().expect("LOGOUT");
+
     // Without TLS, 587 does not offer AUTH: the loopback relay requires TLS as a relay does.
     let mut plain = Smtp::connect(local(ports.postfix.submission)).expect("587 connect");
     let ehlo = plain.ehlo("client.localhost").expect("EHLO on 587");
