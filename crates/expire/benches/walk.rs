@@ -1,5 +1,7 @@
 //! Times `chatmail-expire` (dry run, and `--remove` on fresh copies) and
-//! `chatmail-fsreport` on a synthetic tree of N mailboxes x M messages, next to the floor
+//! `chatmail-fsreport`, each by default (sizes and times from Dovecot's names) and the
+//! dry runs also with `--stat-sizes` (every message `stat`ed, as upstream), on a
+//! synthetic tree of N mailboxes x M messages, next to the floor
 //! `find MAILBOXES -type f -printf '%s %T@\n' > /dev/null`, and prints a markdown table.
 //!
 //! ```sh
@@ -55,8 +57,10 @@ fn touch(path: &Path, bytes: usize, mtime: u64) {
 
 /// One mailbox in Dovecot's maildir layout: cur/new/tmp, a `.DeltaChat` folder in one of
 /// four mailboxes, the password, maildirsize, index and uidlist files, and `messages`
-/// empty message files named as Dovecot names them, aged 0 to 30 days (so about a third
-/// expire). One mailbox in 20 has not logged in for 100 days.
+/// empty message files named as Dovecot names them (delivery time = mtime; the `,S=`
+/// sizes, 1 to 101 kB, stay under the large-message limit, so the empty files decide the
+/// same way), aged 0 to 30 days (so about a third expire). One mailbox in 20 has not
+/// logged in for 100 days.
 fn build_mailbox(root: &Path, i: usize, messages: usize, now: u64) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
     let dir = root.join(format!("user{i:07}@example.org"));
@@ -257,6 +261,12 @@ fn main() {
     );
     let dry = format!("{expire} {} > /dev/null", ini_path.display());
     let report = format!("{} {} > /dev/null", fsreport.display(), ini_path.display());
+    let dry_stat = format!("{expire} {} --stat-sizes > /dev/null", ini_path.display());
+    let report_stat = format!(
+        "{} {} --stat-sizes > /dev/null",
+        fsreport.display(),
+        ini_path.display()
+    );
     let mut rows: Vec<(&str, Sample)> = Vec::new();
     // Warm the page cache once so every job sees the same hot cache.
     measure(&floor);
@@ -264,6 +274,8 @@ fn main() {
         ("floor: find -printf '%s %T@'", &floor),
         ("chatmail-expire (dry run)", &dry),
         ("chatmail-fsreport", &report),
+        ("chatmail-expire --stat-sizes (dry run)", &dry_stat),
+        ("chatmail-fsreport --stat-sizes", &report_stat),
     ] {
         let samples = (0..runs).map(|_| measure(script)).collect();
         rows.push((label, median(samples)));

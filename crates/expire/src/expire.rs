@@ -18,7 +18,7 @@ use chatmail_config::Config;
 use crate::Error;
 use crate::clock;
 use crate::quota::{self, QUOTA_CLEANUP_FACTOR, QuotaEntry};
-use crate::scan::{self, MailboxScan, ScanOptions, child};
+use crate::scan::{self, AgeRules, MailboxScan, ScanOptions, child};
 
 /// Messages larger than this (bytes) expire after `delete_large_after` days.
 pub const LARGE_MESSAGE: u64 = 200_000;
@@ -65,6 +65,15 @@ impl Policy {
             dry,
         })
     }
+
+    /// The cut-offs the scan needs to know which Dovecot-named messages to `stat`.
+    pub fn age_rules(&self) -> AgeRules {
+        AgeRules {
+            cutoff_mails: self.cutoff_mails,
+            large_size: LARGE_MESSAGE,
+            cutoff_large: self.cutoff_large,
+        }
+    }
 }
 
 /// One step of a mailbox's expiry, in the order upstream takes them.
@@ -104,7 +113,9 @@ fn quota_entry(scan: &MailboxScan, message: &scan::FileStat) -> Option<QuotaEntr
     quota::entry(&scan.dir, sub, message.path.file_name()?)
 }
 
-/// The expiry of one mailbox.
+/// The expiry of one mailbox. The age rules only expire messages whose mtime the scan
+/// read (see [`scan::FileStat::mtime_read`]); scanning with [`Policy::age_rules`] reads
+/// it for every message they could expire.
 pub fn plan(scan: &MailboxScan, policy: &Policy) -> Vec<Action> {
     if !scan.errors.is_empty() {
         return vec![Action::Skip(scan.errors.clone())];
@@ -122,6 +133,9 @@ pub fn plan(scan: &MailboxScan, policy: &Policy) -> Vec<Action> {
     // nothing was unlinked, so upstream's trim saw (and counted) them again.
     let mut removed = vec![false; scan.messages.len()];
     for (message, removed) in scan.messages.iter().zip(removed.iter_mut()) {
+        if !message.mtime_read {
+            continue;
+        }
         if message.mtime < policy.cutoff_mails {
             actions.push(Action::RemoveFile {
                 path: message.path.clone(),
@@ -393,6 +407,8 @@ pub struct Run {
     pub index_root: Option<PathBuf>,
     /// Worker threads.
     pub threads: usize,
+    /// `--stat-sizes`: measure every message with `stat`, as upstream does.
+    pub stat_sizes: bool,
 }
 
 impl Run {
@@ -405,6 +421,7 @@ impl Run {
             verbose,
             index_root: config.tmpfs_index.then(|| index_root.to_owned()),
             threads: scan::default_threads(),
+            stat_sizes: false,
         }
     }
 
@@ -418,6 +435,8 @@ impl Run {
         }
         let options = ScanOptions {
             index_root: self.index_root.clone(),
+            stat_sizes: self.stat_sizes,
+            age_rules: Some(self.policy.age_rules()),
         };
         let executor = Executor {
             dry: self.policy.dry,

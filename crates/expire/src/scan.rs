@@ -8,7 +8,14 @@
 //! Unlike upstream, the walk never follows a symbolic link: a link is neither a message
 //! nor an extra file and is never descended into. Dovecot never creates links in a
 //! maildir, and following them is how upstream came to delete files outside the
-//! mailboxes directory.
+//! mailboxes directory. File types come from `readdir`'s `d_type` (an `lstat` only where
+//! the file system reports `DT_UNKNOWN`).
+//!
+//! A message whose name is Dovecot's (`<T>.<unique>,S=<size>...`) is not `stat`ed: its
+//! size is `S` and its time the delivery time `T`. Only when that time alone would
+//! expire it under [`AgeRules`] is its mtime read too, and the later of the two counts,
+//! so a message is never expired earlier than upstream's mtime rule would expire it.
+//! Every other file is `stat`ed, as is every message with [`ScanOptions::stat_sizes`].
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -21,18 +28,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 
 use crate::Error;
+use crate::quota::parse_dovecot_name;
 
 /// One file found by the scan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileStat {
     /// `<dir>/<name>` as upstream builds it; printed in verbose lines and unlinked.
     pub path: PathBuf,
-    /// Modification time in float seconds, computed as CPython's `st_mtime` so that
-    /// comparisons with the cut-offs decide exactly as upstream.
+    /// The time the age rules compare, in float seconds: `st_mtime` as CPython computes
+    /// it for a `stat`ed file (so comparisons decide exactly as upstream); for a Dovecot
+    /// name the delivery time `T`, or the later of `T` and `st_mtime` when both were read.
     pub mtime: f64,
-    /// Size in bytes from `stat` (not the `,S=` field: with Dovecot's zlib plugin the two
-    /// differ, and upstream reports the on-disk size).
+    /// Size in bytes: the name's `,S=` (what Dovecot's quota counts; with the zlib plugin
+    /// more than the compressed bytes on disk) or, without one, `st_size`.
     pub size: u64,
+    /// Whether `st_mtime` went into [`FileStat::mtime`]. The age rules expire nothing
+    /// without it, so a name's time alone never removes a message.
+    pub mtime_read: bool,
 }
 
 impl FileStat {
@@ -73,12 +85,37 @@ pub struct MailboxScan {
     pub errors: Vec<String>,
 }
 
-/// What to scan besides the maildir.
+/// What to scan besides the maildir, and how to measure messages.
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
     /// With `tmpfs_index`, the root holding Dovecot's per-address index directories
     /// (`/dev/shm` in production, a temporary directory in tests).
     pub index_root: Option<PathBuf>,
+    /// `--stat-sizes`: `stat` every message and use `st_size` and `st_mtime` as upstream
+    /// does, whatever its name says.
+    pub stat_sizes: bool,
+    /// The expiry's cut-offs: a Dovecot-named message they would expire by its name's
+    /// time is `stat`ed to confirm. `None` (fsreport, which uses no message times): names
+    /// alone.
+    pub age_rules: Option<AgeRules>,
+}
+
+/// The age rules' cut-offs, as far as the scan needs them to decide what to `stat`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AgeRules {
+    /// Messages older than this (epoch seconds) expire.
+    pub cutoff_mails: f64,
+    /// Messages larger than this (bytes)...
+    pub large_size: u64,
+    /// ...and older than this expire (from `cur/`).
+    pub cutoff_large: f64,
+}
+
+impl AgeRules {
+    /// Whether a message of this time and size could expire under the rules.
+    pub fn may_expire(&self, time: f64, size: u64) -> bool {
+        time < self.cutoff_mails || (size > self.large_size && time < self.cutoff_large)
+    }
 }
 
 /// `<dir>/<name>` by string concatenation, exactly as upstream builds its paths.
@@ -115,6 +152,44 @@ fn regular_file(entry: &fs::DirEntry, path: PathBuf) -> Option<FileStat> {
         path,
         mtime: mtime_of(&meta),
         size: meta.len(),
+        mtime_read: true,
+    })
+}
+
+/// A message: measured from its Dovecot name where it has one (see the module
+/// documentation), else by `stat`. `None` for anything but a regular file, and for a
+/// file that vanished before a needed `stat`.
+fn message(entry: &fs::DirEntry, path: PathBuf, options: &ScanOptions) -> Option<FileStat> {
+    if options.stat_sizes {
+        return regular_file(entry, path);
+    }
+    let named = path
+        .file_name()
+        .and_then(|name| parse_dovecot_name(name.as_bytes()));
+    let Some((time, size)) = named else {
+        return regular_file(entry, path);
+    };
+    // d_type, or lstat where the file system does not fill it in.
+    if !entry.file_type().ok()?.is_file() {
+        return None;
+    }
+    let time = time as f64;
+    if options
+        .age_rules
+        .is_some_and(|rules| rules.may_expire(time, size))
+    {
+        let stat = regular_file(entry, path)?;
+        return Some(FileStat {
+            mtime: stat.mtime.max(time),
+            size,
+            ..stat
+        });
+    }
+    Some(FileStat {
+        path,
+        mtime: time,
+        size,
+        mtime_read: false,
     })
 }
 
@@ -128,12 +203,12 @@ impl MailboxScan {
             ..MailboxScan::default()
         };
         if scan.is_real_dir(&dir, true) {
-            scan.scan_dir(&dir);
+            scan.scan_dir(&dir, options);
         }
         if let Some(index_root) = &options.index_root {
             let index_dir = child(index_root, name);
             if scan.is_real_dir(&index_dir, false) {
-                scan.scan_dir(&index_dir);
+                scan.scan_dir(&index_dir, options);
             }
         }
         // One stable sort at the end orders the extra files exactly as upstream's sort
@@ -162,7 +237,7 @@ impl MailboxScan {
         }
     }
 
-    fn scan_dir(&mut self, dir: &Path) {
+    fn scan_dir(&mut self, dir: &Path, options: &ScanOptions) {
         let Some(entries) = read_dir_if_exists(dir, &mut self.errors) else {
             return;
         };
@@ -174,10 +249,10 @@ impl MailboxScan {
             };
             if matches!(name.as_bytes(), b"cur" | b"new" | b"tmp") {
                 if file_type.is_dir() {
-                    self.scan_messages(&path);
+                    self.scan_messages(&path, options);
                 }
             } else if file_type.is_dir() {
-                self.scan_dir(&path);
+                self.scan_dir(&path, options);
             } else if let Some(file) = regular_file(&entry, path) {
                 if name.as_bytes() == b"password" {
                     self.last_login = Some(file.mtime);
@@ -187,13 +262,13 @@ impl MailboxScan {
         }
     }
 
-    fn scan_messages(&mut self, dir: &Path) {
+    fn scan_messages(&mut self, dir: &Path, options: &ScanOptions) {
         let Some(entries) = read_dir_if_exists(dir, &mut self.errors) else {
             return;
         };
         for entry in entries.flatten() {
             let path = child(dir, &entry.file_name());
-            if let Some(file) = regular_file(&entry, path) {
+            if let Some(file) = message(&entry, path, options) {
                 self.messages.push(file);
             }
         }

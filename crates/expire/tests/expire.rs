@@ -18,9 +18,15 @@ const KB300: usize = 300_000;
 
 /// Runs the expiry through the library at the tree's "now".
 fn expire(tree: &Tree, dry: bool, verbose: bool) -> (Summary, String) {
+    expire_measured(tree, dry, verbose, false)
+}
+
+/// [`expire`], with or without `--stat-sizes`.
+fn expire_measured(tree: &Tree, dry: bool, verbose: bool, stat_sizes: bool) -> (Summary, String) {
     let config = Config::load(&tree.ini()).unwrap();
     let policy = Policy::new(&config, tree.now as f64, 0, dry).unwrap();
-    let run = Run::new(&config, policy, verbose, &tree.shm());
+    let mut run = Run::new(&config, policy, verbose, &tree.shm());
+    run.stat_sizes = stat_sizes;
     let mut log = Vec::new();
     let summary = run.execute(&mut log).unwrap();
     (summary, String::from_utf8(log).unwrap())
@@ -592,4 +598,217 @@ fn missing_index_dir_does_not_abort_the_run() {
             "chatmail.ini".to_owned()
         ])
     );
+}
+
+// Sizes and times from Dovecot's names (`,S=`, delivery time), `stat` otherwise; with
+// `--stat-sizes` from `stat` only, as upstream.
+
+/// `<delivery time age seconds before the tree's now><rest>`.
+fn name_with(tree: &Tree, age: u64, rest: &str) -> String {
+    format!("{}{rest}", tree.now - age)
+}
+
+/// A Dovecot name delivered `age` seconds ago with quota size `size`.
+fn dovecot_name_at(tree: &Tree, age: u64, size: u64) -> String {
+    name_with(tree, age, &format!(".M1P{age}.host,S={size},W={size}:2,S"))
+}
+
+/// Builds a tree with `build` (which returns the message paths under
+/// `mail/a@example.org/` it wants watched) twice and removes for real, without and with
+/// `--stat-sizes`; returns which of the watched messages each run removed.
+fn removed_by_mode(build: impl Fn(&Tree) -> Vec<String>) -> [Vec<bool>; 2] {
+    [false, true].map(|stat_sizes| {
+        let tree = Tree::new("");
+        tree.file("mail/a@example.org/password", 10, DAY);
+        let watched = build(&tree);
+        expire_measured(&tree, false, false, stat_sizes);
+        watched
+            .iter()
+            .map(|rel| !tree.mail().join("a@example.org").join(rel).exists())
+            .collect()
+    })
+}
+
+/// Writes `mail/a@example.org/<rel>` and returns `rel`.
+fn message(tree: &Tree, rel: String, size: usize, age: u64) -> String {
+    tree.file(&format!("mail/a@example.org/{rel}"), size, age);
+    rel
+}
+
+#[test]
+fn name_size_decides_large_by_default_disk_size_with_stat_sizes() {
+    // 8 days old (large mail goes after 7), S=300000 but 10 bytes on disk: a compressed
+    // large message.
+    let [default, stat_sizes] = removed_by_mode(|tree| {
+        let name = dovecot_name_at(tree, 8 * DAY, 300_000);
+        vec![message(tree, format!("cur/{name}"), 10, 8 * DAY)]
+    });
+    assert_eq!(default, [true], "large by its name");
+    assert_eq!(stat_sizes, [false], "small by stat");
+}
+
+#[test]
+fn the_last_s_field_of_a_name_counts() {
+    let [default, stat_sizes] = removed_by_mode(|tree| {
+        let large_last = name_with(tree, 8 * DAY, ".M1P1.host,S=10,S=300000,W=300100:2,S");
+        let small_last = name_with(tree, 8 * DAY, ".M2P1.host,S=300000,S=10,W=20:2,S");
+        vec![
+            message(tree, format!("cur/{large_last}"), 10, 8 * DAY),
+            message(tree, format!("cur/{small_last}"), 10, 8 * DAY),
+        ]
+    });
+    assert_eq!(default, [true, false]);
+    assert_eq!(stat_sizes, [false, false]);
+}
+
+#[test]
+fn names_without_s_field_are_measured_by_stat() {
+    // The names' delivery times say "now"; the files are 8 and 21 days old and the first
+    // is 300 kB. Without `,S=` the name is not used at all.
+    let [default, stat_sizes] = removed_by_mode(|tree| {
+        let large = name_with(tree, 0, ".M1P1.host:2,S");
+        let old = name_with(tree, 0, ".M2P1.host");
+        vec![
+            message(tree, format!("cur/{large}"), KB300, 8 * DAY),
+            message(tree, format!("new/{old}"), 10, 21 * DAY),
+        ]
+    });
+    assert_eq!(default, [true, true]);
+    assert_eq!(stat_sizes, [true, true]);
+}
+
+#[test]
+fn a_name_time_before_the_cutoff_expires_by_default() {
+    // Delivered 21 days ago (mails go after 20), and a large one 8 days ago (large mail
+    // goes after 7); mtimes as Dovecot leaves them, a little after the delivery time.
+    let [default, stat_sizes] = removed_by_mode(|tree| {
+        let old = dovecot_name_at(tree, 21 * DAY, 100);
+        let large = dovecot_name_at(tree, 8 * DAY + 5, 300_000);
+        vec![
+            message(tree, format!("cur/{old}"), 100, 21 * DAY - 1),
+            message(tree, format!("cur/{large}"), KB300, 8 * DAY),
+        ]
+    });
+    assert_eq!(default, [true, true]);
+    assert_eq!(stat_sizes, [true, true]);
+}
+
+#[test]
+fn name_and_mtime_disagreeing_never_expire_earlier_than_upstream() {
+    let [default, stat_sizes] = removed_by_mode(|tree| {
+        // Copied by IMAP COPY/MOVE a day ago: new name, the original's mtime. Upstream
+        // (and --stat-sizes) go by the mtime and remove it; by default the later time,
+        // the name's, keeps it.
+        let copied = dovecot_name_at(tree, DAY, 100);
+        // Restored from a backup that did not keep mtimes: old name, fresh mtime.
+        // Upstream keeps it, and so do we: a name's time alone never removes a message.
+        let restored = dovecot_name_at(tree, 30 * DAY, 100);
+        // Large and unread in new/ (where the large rule removes nothing), delivered 8
+        // days ago by its name, mtime 30 days: upstream's mail cut-off removes it; by
+        // default the later time keeps it.
+        let unread = dovecot_name_at(tree, 8 * DAY, 300_000);
+        vec![
+            message(tree, format!("cur/{copied}"), 100, 30 * DAY),
+            message(tree, format!("cur/{restored}"), 100, DAY),
+            message(tree, format!("new/{unread}"), KB300, 30 * DAY),
+        ]
+    });
+    assert_eq!(default, [false, false, false]);
+    assert_eq!(stat_sizes, [true, false, true]);
+}
+
+#[test]
+fn scan_reads_mtimes_only_of_messages_the_age_rules_could_expire() {
+    use chatmail_expire::scan::{MailboxScan, ScanOptions};
+    use std::ffi::OsStr;
+    let tree = Tree::new("");
+    let young = dovecot_name_at(&tree, DAY, 300_000);
+    let old = dovecot_name_at(&tree, 21 * DAY, 100);
+    tree.file(&format!("mail/a@example.org/cur/{young}"), 10, 40 * DAY);
+    tree.file(&format!("mail/a@example.org/cur/{old}"), 10, 21 * DAY - 1);
+    tree.file("mail/a@example.org/cur/foreign", 10, 3 * DAY);
+    let config = Config::load(&tree.ini()).unwrap();
+    let policy = Policy::new(&config, tree.now as f64, 0, true).unwrap();
+    let measure = |stat_sizes, age_rules| {
+        let options = ScanOptions {
+            stat_sizes,
+            age_rules,
+            ..ScanOptions::default()
+        };
+        let scan = MailboxScan::scan(&tree.mail(), OsStr::new("a@example.org"), &options);
+        let mut found: Vec<(String, f64, u64, bool)> = scan
+            .messages
+            .iter()
+            .map(|m| {
+                let name = String::from_utf8_lossy(m.name()).into_owned();
+                (name, m.mtime, m.size, m.mtime_read)
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    };
+    let at = |age: u64| (tree.now - age) as f64;
+    let foreign = ("foreign".to_owned(), at(3 * DAY), 10, true);
+    // Sorted by name: the older delivery time first, then the younger, then "foreign".
+    // The old one's mtime (1 s after its delivery time) is read, the young one's not.
+    assert_eq!(
+        measure(false, Some(policy.age_rules())),
+        [
+            (old.clone(), at(21 * DAY - 1), 100, true),
+            (young.clone(), at(DAY), 300_000, false),
+            foreign.clone(),
+        ]
+    );
+    // fsreport: no age rules, names only.
+    assert_eq!(
+        measure(false, None),
+        [
+            (old.clone(), at(21 * DAY), 100, false),
+            (young.clone(), at(DAY), 300_000, false),
+            foreign.clone(),
+        ]
+    );
+    // --stat-sizes: stat only.
+    assert_eq!(
+        measure(true, Some(policy.age_rules())),
+        [
+            (old, at(21 * DAY - 1), 10, true),
+            (young, at(40 * DAY), 10, true),
+            foreign,
+        ]
+    );
+}
+
+#[test]
+fn cli_stat_sizes_reproduces_upstreams_stat_decisions() {
+    let tree = Tree::new("");
+    tree.file("mail/a@example.org/password", 10, DAY);
+    // A compressed large message, and a copied one (new name, old mtime).
+    let large = dovecot_name_at(&tree, 8 * DAY, 300_000);
+    let large = tree.file(&format!("mail/a@example.org/cur/{large}"), 10, 8 * DAY);
+    let copied = dovecot_name_at(&tree, DAY, 100);
+    let copied = tree.file(&format!("mail/a@example.org/cur/{copied}"), 100, 25 * DAY);
+    let run = |extra: &[&str]| {
+        let out = bin("chatmail-expire")
+            .arg(tree.ini())
+            .arg("-v")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let date = |age: u64| chatmail_expire::clock::month_day((tree.now - age) as f64);
+    let expected = |age: u64, path: &Path| {
+        format!(
+            "checking mailbox {} a@example.org\nremoving {} {}\nremoving {}/a@example.org/maildirsize\n",
+            date(DAY),
+            date(age),
+            path.display(),
+            tree.mail().display()
+        )
+    };
+    assert_eq!(run(&["--stat-sizes"]), expected(25 * DAY, &copied));
+    assert_eq!(run(&[]), expected(8 * DAY, &large));
+    assert!(large.exists() && copied.exists(), "dry runs");
 }

@@ -59,6 +59,9 @@ pub struct Options {
     pub min_login_age: i64,
     /// `--mdir`: only count messages whose path contains `/<mdir>/`.
     pub mdir: Option<String>,
+    /// `--stat-sizes`: `stat` every message for its size as upstream does, instead of
+    /// taking the `,S=` size from Dovecot's file names.
+    pub stat_sizes: bool,
 }
 
 /// The counters of upstream's report.
@@ -309,7 +312,12 @@ pub fn collect(
         let _ = writeln!(log, "no mailboxes found at: {}", root.display());
         return Ok(report);
     }
-    let scan_options = ScanOptions { index_root };
+    // No age rules: the report uses message sizes, not message times.
+    let scan_options = ScanOptions {
+        index_root,
+        stat_sizes: options.stat_sizes,
+        age_rules: None,
+    };
     scan::for_each_mailbox(
         root,
         maxnum,

@@ -1,5 +1,6 @@
 //! `chatmail-fsreport [INI] [--days N] [--min-login-age DAYS] [--mdir X] [--maxnum N]
-//! [--textfile PATH] [--legacy-metrics [FILE]]`: upstream's command line.
+//! [--textfile PATH] [--legacy-metrics [FILE]] [--stat-sizes]`: upstream's command line,
+//! plus `--stat-sizes`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,6 +40,10 @@ struct Args {
     /// write legacy metrics.py textfile (default: /var/www/html/metrics)
     #[arg(long, value_name = "FILENAME", num_args = 0..=1, default_missing_value = DEFAULT_LEGACY_METRICS)]
     legacy_metrics: Option<PathBuf>,
+    /// stat every message for its size as upstream does, instead of taking Dovecot's
+    /// ,S= size from the file name
+    #[arg(long)]
+    stat_sizes: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         now_micros: clock::now_micros().saturating_sub(args.days.saturating_mul(86_400_000_000)),
         min_login_age: args.min_login_age,
         mdir: args.mdir.clone(),
+        stat_sizes: args.stat_sizes,
     };
     let index_root = config.tmpfs_index.then(|| Path::new("/dev/shm").to_owned());
     let report = match collect(

@@ -65,6 +65,7 @@ impl Tree {
             now_micros: self.now as i64 * 1_000_000,
             min_login_age,
             mdir: mdir.map(str::to_owned),
+            stat_sizes: false,
         }
     }
 }
@@ -246,4 +247,35 @@ fn summary_on_stdout_without_file_options() {
     );
     let out = fsreport(&tree, &["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+// Message sizes from Dovecot's `,S=` (what its quota counts; compressed files are smaller
+// on disk), `stat` for names without it; `--stat-sizes` reports bytes on disk as upstream.
+#[test]
+fn message_sizes_from_names_or_with_stat_sizes_from_disk() {
+    let tree = Tree::new("");
+    tree.file("mail/a@example.org/password", 10, DAY);
+    let name = format!("{}.M1P1.host,S=10,S=300000,W=300100:2,S", tree.now - DAY);
+    tree.file(&format!("mail/a@example.org/cur/{name}"), 10, DAY);
+    tree.file("mail/a@example.org/new/foreign", 1000, DAY);
+    let mut options = tree.options(0, None);
+    let report = tree.report(&options, None);
+    assert_eq!(report.size_messages, 301_000, "the last ,S= and a stat");
+    assert_eq!(report.count[1], 1, "one message over 100 KiB");
+    options.stat_sizes = true;
+    let report = tree.report(&options, None);
+    assert_eq!(report.size_messages, 1010);
+    assert_eq!(report.count[1], 0);
+    // The command line.
+    for (args, bytes) in [(&[][..], 301_000), (&["--stat-sizes"][..], 1010)] {
+        let prom = tree.path("x.prom");
+        let out = fsreport(
+            &tree,
+            &[&["--textfile", prom.to_str().unwrap()][..], args].concat(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let text = fs::read_to_string(&prom).unwrap();
+        let line = format!("chatmail_storage_bytes{{kind=\"messages\"}} {bytes}\n");
+        assert!(text.contains(&line), "{args:?}: {text}");
+    }
 }

@@ -1,4 +1,5 @@
-//! `chatmail-expire [INI] [--days N] [--maxnum N] [-v] [--remove]`: upstream's command line.
+//! `chatmail-expire [INI] [--days N] [--maxnum N] [-v] [--remove] [--stat-sizes]`:
+//! upstream's command line, plus `--stat-sizes`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +27,10 @@ struct Args {
     /// actually remove all expired files and dirs
     #[arg(long)]
     remove: bool,
+    /// stat every message for its size and mtime as upstream does, instead of taking
+    /// them from Dovecot's file names (,S= size, delivery time)
+    #[arg(long)]
+    stat_sizes: bool,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     };
     let mut run = Run::new(&config, policy, args.verbose, Path::new("/dev/shm"));
     run.maxnum = args.maxnum;
+    run.stat_sizes = args.stat_sizes;
     match run_and_summarize(&run, &mut std::io::stderr().lock()) {
         Ok(summary) => {
             println!("{summary}");

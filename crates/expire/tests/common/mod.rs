@@ -56,6 +56,16 @@ impl Tree {
         path
     }
 
+    /// Like [`Tree::file`] but sparse (`set_len`): `size` bytes for `stat`, none on disk,
+    /// and an mtime at `epoch`.
+    pub fn sparse(&self, rel: &str, size: u64, epoch: u64) -> PathBuf {
+        let path = self.dir.path().join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        File::create(&path).unwrap().set_len(size).unwrap();
+        set_mtime(&path, epoch);
+        path
+    }
+
     /// Every path (files, dirs, links) under the temp dir, relative, without following links.
     pub fn listing(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
