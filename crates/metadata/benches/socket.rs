@@ -895,9 +895,10 @@ fn print_report(ours: &Target, theirs: Option<&Target>, seconds: f64) {
                 .find(|u| u.0 == *c)
                 .map(|u| m.per_sec() / u.1)
         })
-        .fold(f64::INFINITY, f64::min);
+        .reduce(f64::min)
+        .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.1}x"));
     println!(
-        "- goal (at least 10x upstream's pairs/s, RSS under 15 MiB): lowest pairs/s ratio to figures.md {min_ratio:.1}x, peak RSS {:.1} MiB",
+        "- goal (at least 10x upstream's pairs/s, RSS under 15 MiB): lowest pairs/s ratio to figures.md {min_ratio}, peak RSS {:.1} MiB",
         mib(ours.peak_rss_kib)
     );
 }
