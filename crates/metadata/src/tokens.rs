@@ -18,14 +18,12 @@
 //! same second) writes nothing. Writes are not fsynced, as upstream's are not: see
 //! [`write_and_rename`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chatmail_mailbox::Mailboxes;
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
 
 use crate::MetadataError;
@@ -274,7 +272,7 @@ fn type_name(value: &Value) -> &'static str {
 /// returns the bytes read (`None` when there was no readable file), so a writer can tell
 /// whether its new content differs.
 pub fn read_dict(path: &Path) -> (Map<String, Value>, Option<Vec<u8>>) {
-    let bytes = match fs::read(path) {
+    let bytes = match read_small(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return (Map::new(), None),
         Err(_) => {
@@ -289,6 +287,16 @@ pub fn read_dict(path: &Path) -> (Map<String, Value>, Option<Vec<u8>>) {
             (Map::new(), Some(bytes))
         }
     }
+}
+
+/// `fs::read` without its `statx` for the size: open, read until EOF, close. The files
+/// are a few hundred bytes.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut bytes = Vec::with_capacity(1024);
+    // Through `Take` the generic read_to_end runs, which asks for no size first.
+    file.take(u64::MAX).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn warn_corrupt(path: &Path) {
@@ -334,30 +342,30 @@ pub fn modify_with(
 }
 
 /// The exclusive `flock` on `path`, or `None` when `wait` is [`Wait::No`] and another
-/// open file holds it.
-fn lock_exclusive(path: &Path, wait: Wait) -> Result<Option<Flock<File>>, MetadataError> {
+/// open file holds it. The lock is the returned file's: closing it (dropping the file)
+/// releases it, one system call less than an explicit unlock.
+fn lock_exclusive(path: &Path, wait: Wait) -> Result<Option<File>, MetadataError> {
+    let io_error = |source| MetadataError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| MetadataError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let arg = match wait {
-        Wait::Yes => FlockArg::LockExclusive,
-        Wait::No => FlockArg::LockExclusiveNonblock,
-    };
-    match Flock::lock(file, arg) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, Errno::EWOULDBLOCK)) if wait == Wait::No => Ok(None),
-        Err((_, errno)) => Err(MetadataError::Io {
-            path: path.to_owned(),
-            source: io::Error::from(errno),
-        }),
+        .map_err(io_error)?;
+    // std's file locks are flock(2) on Linux: the lock upstream's filelock takes.
+    match wait {
+        Wait::Yes => file.lock().map_err(io_error)?,
+        Wait::No => match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(err)) => return Err(io_error(err)),
+        },
     }
+    Ok(Some(file))
 }
 
 /// Writes `tmp` fully and renames it over `path`; readers see the old or the new file.
