@@ -18,12 +18,14 @@
 //! same second) writes nothing. Writes are not fsynced, as upstream's are not: see
 //! [`write_and_rename`].
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chatmail_mailbox::Mailboxes;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
 
 use crate::MetadataError;
@@ -342,30 +344,30 @@ pub fn modify_with(
 }
 
 /// The exclusive `flock` on `path`, or `None` when `wait` is [`Wait::No`] and another
-/// open file holds it. The lock is the returned file's: closing it (dropping the file)
-/// releases it, one system call less than an explicit unlock.
-fn lock_exclusive(path: &Path, wait: Wait) -> Result<Option<File>, MetadataError> {
-    let io_error = |source| MetadataError::Io {
-        path: path.to_owned(),
-        source,
-    };
+/// open file holds it.
+fn lock_exclusive(path: &Path, wait: Wait) -> Result<Option<Flock<File>>, MetadataError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(io_error)?;
-    // std's file locks are flock(2) on Linux: the lock upstream's filelock takes.
-    match wait {
-        Wait::Yes => file.lock().map_err(io_error)?,
-        Wait::No => match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(err)) => return Err(io_error(err)),
-        },
+        .map_err(|source| MetadataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let arg = match wait {
+        Wait::Yes => FlockArg::LockExclusive,
+        Wait::No => FlockArg::LockExclusiveNonblock,
+    };
+    match Flock::lock(file, arg) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) if wait == Wait::No => Ok(None),
+        Err((_, errno)) => Err(MetadataError::Io {
+            path: path.to_owned(),
+            source: io::Error::from(errno),
+        }),
     }
-    Ok(Some(file))
 }
 
 /// Writes `tmp` fully and renames it over `path`; readers see the old or the new file.
