@@ -213,13 +213,20 @@ pub fn decrypt_with_passwords(message: &[u8], passwords: &[String]) -> Result<(u
 }
 
 /// Encrypts `packets` (an OpenPGP message: literal data, possibly signed) with `password`:
-/// SKESK v6 (iterated and salted SHA-256 S2K) and SEIPD v2, AES-128-OCB. Binary output.
+/// SKESK v6 (salted SHA-256 S2K) and SEIPD v2, AES-128-OCB. Binary output.
 pub fn encrypt_with_password(packets: &[u8], password: &str) -> Result<Vec<u8>> {
     let sym = SymmetricAlgorithm::AES128;
     let len = key_len(sym)?;
     let session_key: [u8; 16] = rand::random();
     // SKESK v6.
-    let s2k = S2K::new_iterated(HashAlgorithm::SHA256, 0x3e00000).map_err(Error::pgp)?;
+    // Salted SHA-256, as Delta Chat writes it: its OpenPGP library refuses the iterated
+    // S2K in an SKESK v6 ("unsupported string2key algorithm"), and the password carries
+    // the AUTH token's 144 random bits, so iteration would add nothing.
+    #[allow(deprecated)]
+    let s2k = S2K::Salted {
+        hash: HashAlgorithm::SHA256,
+        salt: rand::random(),
+    };
     let derived = s2k
         .derive_key(&Password::from(password), len)
         .map_err(Error::pgp)?;
