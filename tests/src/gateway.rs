@@ -1,19 +1,34 @@
 //! A push notification gateway on 127.0.0.1 for chatmail-metadata's `notification_url`:
-//! it answers every POST with 200 and records the body (the device token).
+//! HTTPS with a certificate for `127.0.0.1` issued by a CA made for this gateway alone
+//! (chatmail-metadata trusts it through `notification_ca_file`), HTTP/1.1 on each
+//! connection; it answers every POST with 200 and records the body (the device token).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::relay::set_mode;
 
 /// A running gateway; its thread ends with the test process.
 pub struct Gateway {
     port: u16,
+    ca_file: PathBuf,
     bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
-    pub fn start() -> Gateway {
+    /// Makes the gateway's CA and certificate, writes the CA certificate to `ca_file`
+    /// (mode 0644: chatmail-metadata runs as vmail), and starts listening.
+    pub fn start(ca_file: &Path) -> Gateway {
+        let (ca_pem, config) = tls_config();
+        std::fs::write(ca_file, ca_pem)
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", ca_file.display()));
+        set_mode(ca_file, 0o644);
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the push gateway");
         let port = listener.local_addr().expect("gateway address").port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -21,15 +36,25 @@ impl Gateway {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let recorded = recorded.clone();
-                std::thread::spawn(move || serve(stream, &recorded));
+                let config = config.clone();
+                std::thread::spawn(move || serve(stream, config, &recorded));
             }
         });
-        Gateway { port, bodies }
+        Gateway {
+            port,
+            ca_file: ca_file.to_path_buf(),
+            bodies,
+        }
     }
 
-    /// The URL to put in chatmail.ini.
+    /// `notification_url` for chatmail.ini.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/notify", self.port)
+        format!("https://127.0.0.1:{}/notify", self.port)
+    }
+
+    /// `notification_ca_file` for chatmail.ini: the CA that issued the gateway's certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
     }
 
     pub fn bodies(&self) -> Vec<String> {
@@ -37,13 +62,46 @@ impl Gateway {
     }
 }
 
-/// Serves HTTP/1.1 requests on one connection (keep-alive) until the client closes it.
-fn serve(stream: TcpStream, recorded: &Mutex<Vec<String>>) {
+/// A CA (its certificate as PEM) and the server configuration with a certificate for
+/// `127.0.0.1` it issued. No ALPN: the client falls back to HTTP/1.1.
+fn tls_config() -> (String, Arc<ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().expect("cannot make the gateway CA's key");
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).expect("gateway CA parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "chatmail-e2e push gateway CA");
+    let ca = ca_params
+        .self_signed(&ca_key)
+        .expect("cannot sign the gateway CA");
+    let key = rcgen::KeyPair::generate().expect("cannot make the gateway's key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("gateway certificate parameters");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("cannot issue the gateway certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("the gateway's certificate and key");
+    (ca.pem(), Arc::new(config))
+}
+
+/// Serves HTTP/1.1 requests on one TLS connection (keep-alive) until the client closes it.
+fn serve(stream: TcpStream, config: Arc<ServerConfig>, recorded: &Mutex<Vec<String>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let Ok(connection) = ServerConnection::new(config) else {
         return;
     };
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(StreamOwned::new(connection, stream));
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -73,7 +131,8 @@ fn serve(stream: TcpStream, recorded: &Mutex<Vec<String>>) {
             bodies.push(String::from_utf8_lossy(&body).into_owned());
         }
         let reply = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        if writer.write_all(reply.as_bytes()).is_err() {
+        let stream = reader.get_mut();
+        if stream.write_all(reply.as_bytes()).is_err() || stream.flush().is_err() {
             return;
         }
     }

@@ -185,6 +185,7 @@ pub fn start(options: &StartOptions) -> Result<Running, String> {
         state_dir: Some(state_dir.clone()),
         imap_ports: Some((ports.imap, ports.imaps)),
         loopback: true,
+        require_tls: true,
         before_daemons: None,
     };
     let mail = MailRelay::start_with("", MAX_MESSAGE_SIZE, &relay_options, Some(ports.postfix))

@@ -13,7 +13,8 @@
 //!
 //! The test relays use free ports and require TLS only on the submissions port: on 25 and
 //! 587 the tests speak plaintext SMTP (TLS `may`, AUTH offered without TLS); the loopback
-//! relay requires TLS there as a relay does. Left out, as on a relay without DKIM: OpenDKIM.
+//! relay, and test relays started with [`Options::require_tls`], require TLS there as a
+//! relay does. Left out, as on a relay without DKIM: OpenDKIM.
 //! Remote delivery is disabled (`default_transport` is `error:`). Every service runs
 //! unchrooted, so absolute paths in the state dir work.
 //!
@@ -429,8 +430,9 @@ impl MailRelay {
         write_file(&config.join("main.cf"), &main_cf);
         let ports = &self.ports;
         let listen = |port: u16| format!("127.0.0.1:{port}");
-        // The tests speak plaintext SMTP on 25 and 587; the loopback relay requires TLS.
-        let (tls_level, tls_auth_only) = if self.relay.options().loopback {
+        // Most tests speak plaintext SMTP on 25 and 587; the loopback relay requires TLS.
+        let options = self.relay.options();
+        let (tls_level, tls_auth_only) = if options.loopback || options.require_tls {
             ("encrypt", "yes")
         } else {
             ("may", "no")

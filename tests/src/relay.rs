@@ -36,9 +36,7 @@ use crate::tls::self_signed;
 /// be a real domain, and Dovecot's `auth_username_chars` admits every character of it.
 pub const DOMAIN: &str = "_chat.localhost";
 
-/// `max_mailbox_size` (MiB) and `max_message_size` (bytes) of every relay's chatmail.ini:
-/// upstream's defaults.
-pub const MAX_MAILBOX_SIZE_MB: u64 = 500;
+/// `max_message_size` (bytes) of chatmail.ini by default: upstream's default.
 pub const MAX_MESSAGE_SIZE: u64 = 31_457_280;
 
 /// How often and how long to poll for a daemon socket or the IMAP port: 200 × 50 ms = 10 s.
@@ -63,9 +61,22 @@ pub struct Options {
     /// terminal that started it does not reach it), 10 waiting imap-login processes, and
     /// no push gateway (there is no process left to run it).
     pub loopback: bool,
+    /// Postfix requires TLS on the port-25 and submission (STARTTLS) services and offers
+    /// AUTH only after it, as on the loopback relay (which implies it), instead of the test
+    /// relays' `may` for the tests that speak plaintext SMTP there.
+    pub require_tls: bool,
     /// Called with `mailboxes_dir` (created, vmail's) before any daemon starts, to put
     /// files there that the daemons find at start (e.g. a push queue).
     pub before_daemons: Option<fn(&Path, Vmail)>,
+}
+
+/// Dovecot's limits from chatmail.ini.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `max_mailbox_size` in MiB: `quota_rule`, and `quota_warning`'s target (70 %).
+    max_mailbox_size_mb: u64,
+    /// `max_message_size`: `quota_max_mail_size`.
+    max_message_size: u64,
 }
 
 /// A process this relay started, for [`Relay::detach`].
@@ -171,7 +182,7 @@ impl Relay {
             lastlogin_log: root.join("lastlogin.log"),
             metadata_log: root.join("metadata.log"),
             lmtp_socket: root.join("lmtp.socket"),
-            gateway: (!options.loopback).then(Gateway::start),
+            gateway: (!options.loopback).then(|| Gateway::start(&root.join("gateway-ca.pem"))),
             imap_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             imaps_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dovecot: None,
@@ -196,6 +207,14 @@ impl Relay {
 
         let ini = relay.path("chatmail.ini");
         relay.write_public(&ini, &format!("{}{extra_ini}", relay.render_ini()));
+        // Dovecot's quota and message size limit come from chatmail.ini, as on a relay.
+        let config = chatmail_config::Config::load(&ini)
+            .unwrap_or_else(|err| panic!("the relay's chatmail.ini does not load: {err}"));
+        let limits = Limits {
+            max_mailbox_size_mb: u64::try_from(config.max_mailbox_size_mb)
+                .unwrap_or_else(|_| panic!("max_mailbox_size {}", config.max_mailbox_size)),
+            max_message_size: config.max_message_size,
+        };
         let auth_conf = relay.path("auth.conf");
         relay.write_public(&auth_conf, &render_auth_conf(&doveauth_socket));
 
@@ -215,7 +234,7 @@ impl Relay {
         if !options.loopback {
             relay.write_public(&relay.path("local.conf"), TEST_LOCAL_CONF);
         }
-        relay.start_dovecot(&auth_conf, &lastlogin_socket, &metadata_socket);
+        relay.start_dovecot(&auth_conf, &lastlogin_socket, &metadata_socket, limits);
         Some(relay)
     }
 
@@ -268,10 +287,16 @@ impl Relay {
     fn render_ini(&self) -> String {
         // The loopback relay has no gateway: pushes go to a closed port on 127.0.0.1 and
         // are retried and dropped as on any relay whose push server is unreachable.
-        let notification_url = self
-            .gateway
-            .as_ref()
-            .map_or_else(|| "http://127.0.0.1:9/notify".to_string(), Gateway::url);
+        let notification = self.gateway.as_ref().map_or_else(
+            || "notification_url = http://127.0.0.1:9/notify\n".to_string(),
+            |gateway| {
+                format!(
+                    "notification_url = {}\nnotification_ca_file = {}\n",
+                    gateway.url(),
+                    gateway.ca_file().display()
+                )
+            },
+        );
         format!(
             "[params]\n\
              mail_domain = {DOMAIN}\n\
@@ -281,11 +306,10 @@ impl Relay {
              max_load_1m = 1000\n\
              min_available_memory = 0M\n\
              min_free_disk_space = 0M\n\
-             notification_url = {gateway}\n",
+             {notification}",
             mailboxes = self.mailboxes_dir.display(),
             passdb = self.path("passdb.sqlite").display(),
             nocreate = self.nocreate_file.display(),
-            gateway = notification_url,
         )
     }
 
@@ -342,7 +366,13 @@ impl Relay {
 
     /// Renders dovecot.conf with free ports (or the fixed ones of [`Options`]) and starts
     /// Dovecot, retrying with other free ports if someone else took the ones found free.
-    fn start_dovecot(&mut self, auth_conf: &Path, lastlogin_socket: &Path, metadata_socket: &Path) {
+    fn start_dovecot(
+        &mut self,
+        auth_conf: &Path,
+        lastlogin_socket: &Path,
+        metadata_socket: &Path,
+        limits: Limits,
+    ) {
         let attempts = if self.options.imap_ports.is_some() {
             1
         } else {
@@ -379,8 +409,8 @@ impl Relay {
                 quota_expire: binaries().quota_expire.clone(),
                 tls_cert: self.tls_cert(),
                 tls_key: self.tls_key(),
-                max_mailbox_size_mb: MAX_MAILBOX_SIZE_MB,
-                max_message_size: MAX_MESSAGE_SIZE,
+                max_mailbox_size_mb: limits.max_mailbox_size_mb,
+                max_message_size: limits.max_message_size,
                 max_imap_connections: 10_000,
                 imap_login_processes: if self.options.loopback { 10 } else { 1 },
                 vmail_uid: self.vmail.uid.as_raw(),

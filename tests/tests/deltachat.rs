@@ -10,6 +10,8 @@
 //!
 //! The client connects as to a chatmail relay on an underscore domain: IMAPS and
 //! submissions with the relay's self-signed certificate (`is=ssl`, `ss=ssl`, `ic=2`).
+//! Postfix requires TLS on every SMTP port, as on the loopback relay, so the raw SMTP
+//! sessions of the scenarios use TLS too.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use chatmail_e2e::binaries::workspace_root;
 use chatmail_e2e::dclogin::{DcLogin, Security, Server};
 use chatmail_e2e::host::DOVEADM;
+use chatmail_e2e::relay::Options;
 use chatmail_e2e::{DOMAIN, MailRelay, poll_until};
 
 /// The venv scripts/install-deps creates, relative to the workspace root.
@@ -133,7 +136,11 @@ fn json_path(path: &Path) -> String {
 /// Starts a relay with `ini` for `scenario`: `None` when the machine cannot run it.
 fn start(ini: &str) -> Option<(PathBuf, MailRelay)> {
     let python = require_deltachat()?;
-    let mail = MailRelay::start(ini, NO_POSTFIX_LIMIT)?;
+    let options = Options {
+        require_tls: true,
+        ..Options::default()
+    };
+    let mail = MailRelay::start_with(ini, NO_POSTFIX_LIMIT, &options, None)?;
     Some((python, mail))
 }
 
@@ -379,14 +386,18 @@ fn device_token_is_stored_and_delivery_pushes() {
     );
 }
 
+/// `max_mailbox_size` of the quota scenario's relay: small, so that filling it is quick.
+const QUOTA_MB: u32 = 10;
+
 #[test]
 fn quota_warning_expires_the_oldest_messages() {
-    let Some((python, mail)) = start("") else {
+    let Some((python, mail)) = start(&format!("max_mailbox_size = {QUOTA_MB}M\n")) else {
         return;
     };
     let accounts = [
         Account::new(&mail, "qualice01", PASSWORD),
         Account::new(&mail, "qubob0001", PASSWORD),
     ];
-    run(&python, &mail, "quota", &accounts, "");
+    let extra = format!("\"max_mailbox_size_mb\": {QUOTA_MB}");
+    run(&python, &mail, "quota", &accounts, &extra);
 }
