@@ -21,7 +21,8 @@
 //! * [`postfix`]: a relay with the real Postfix in front, filtermail as its
 //!   `smtpd_proxy_filter` (skipped like Dovecot when Postfix is missing).
 //! * [`smtp`]: a minimal SMTP client, to submit mail as a client or a remote MTA would.
-//! * [`gateway`]: a local push notification gateway that records what it receives.
+//! * [`gateway`]: a local HTTPS push notification gateway (with its own CA) that records
+//!   what it receives.
 //! * [`templates`]: renders the Postfix and Dovecot templates in `packaging/conf/`.
 //! * [`tls`]: the relay's self-signed certificate and a TLS client that accepts it.
 //! * [`loopback`]: the `loopback-relay` command's start and stop.

@@ -1,5 +1,5 @@
-//! One relay: doveauth, lastlogin and chatmail-metadata running as `vmail`, a local push
-//! gateway, and a Dovecot instance on 127.0.0.1 that uses them, configured from the
+//! One relay: doveauth, lastlogin and chatmail-metadata running as `vmail`, a local HTTPS
+//! push gateway, and a Dovecot instance on 127.0.0.1 that uses them, configured from the
 //! templates in `packaging/conf/dovecot/` with a self-signed certificate, all confined to
 //! one state dir that is removed afterwards.
 //!

@@ -1,6 +1,7 @@
 //! Dovecot 2.3 with IMAP METADATA in chatmail-metadata and the Lua push hook on LMTP, as on
 //! a chatmail relay: a device token set over IMAP is stored in upstream's metadata.json,
-//! server keys are readable, and a delivered message makes a push reach the gateway.
+//! server keys are readable, and a delivered message makes a push reach the local HTTPS
+//! gateway (chatmail-metadata verifies it against the CA in `notification_ca_file`).
 
 use std::fs;
 use std::time::Duration;
