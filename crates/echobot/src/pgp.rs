@@ -18,8 +18,8 @@ use openpgp::parse::stream::{
     VerifierBuilder,
 };
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Signer};
-use openpgp::types::SymmetricAlgorithm;
+use openpgp::serialize::stream::{Compressor, Encryptor, LiteralWriter, Message, Signer};
+use openpgp::types::{CompressionAlgorithm, SymmetricAlgorithm};
 use openpgp::{Cert, Fingerprint, KeyHandle};
 
 use crate::error::{Error, Result};
@@ -73,6 +73,12 @@ pub fn encrypt_and_sign(plaintext: &[u8], recipients: &[&Cert], key: &BotKey) ->
         let mut sink = Vec::new();
         let message = Message::new(&mut sink);
         let message = Encryptor::for_recipients(message, encryption_keys).build()?;
+        // Compressed like Delta Chat's messages: the base64 of an attachment shrinks back
+        // to about its binary size, which keeps echoes of large files under the relay's
+        // max_message_size.
+        let message = Compressor::new(message)
+            .algo(CompressionAlgorithm::Zlib)
+            .build()?;
         let mut signer = Signer::new(message, signing_keypair(key)?)?;
         for cert in recipients {
             signer = signer.add_intended_recipient(cert);
@@ -421,6 +427,21 @@ pub(crate) mod tests {
             assert_eq!(decrypted.plaintext, b"echo \xF0\x9F\x98\x80\r\n");
             assert_eq!(decrypted.signed_by, [bot.public_cert().fingerprint()]);
         }
+    }
+
+    #[test]
+    fn echoes_are_compressed() {
+        let bot = alice();
+        let base64ish = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=\r\n".repeat(3000);
+        let armored = encrypt_and_sign(base64ish.as_bytes(), &[&bot.public_cert()], bot).unwrap();
+        assert!(
+            armored.len() < base64ish.len() / 4,
+            "{} bytes",
+            armored.len()
+        );
+        let decrypted = decrypt(armored.as_bytes(), bot, |_| Some(bot.public_cert())).unwrap();
+        assert_eq!(decrypted.plaintext, base64ish.as_bytes());
+        assert_eq!(decrypted.signed_by, [bot.public_cert().fingerprint()]);
     }
 
     #[test]

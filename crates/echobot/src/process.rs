@@ -9,6 +9,38 @@ use crate::message::{
 };
 use crate::securejoin::{self, Action};
 
+/// Texts of pre-messages, kept until their post-message (which carries the file but not
+/// the text) arrives: Delta Chat splits messages with large files in two.
+#[derive(Debug, Clone, Default)]
+pub struct PendingCaptions {
+    /// (Message-ID of the post-message, text), oldest first.
+    entries: std::collections::VecDeque<(String, String)>,
+}
+
+impl PendingCaptions {
+    /// How many captions are kept at most; older ones are dropped.
+    const MAX: usize = 200;
+
+    fn insert(&mut self, post_message_id: String, text: String) {
+        if self.entries.len() >= Self::MAX {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((post_message_id, text));
+    }
+
+    fn take(&mut self, message_id: &str) -> Option<String> {
+        let index = self.entries.iter().position(|(id, _)| id == message_id)?;
+        self.entries.remove(index).map(|(_, text)| text)
+    }
+}
+
+fn bare_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned()
+}
+
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -37,7 +69,12 @@ pub enum Outcome {
 
 /// Decides and builds the answer to one raw message. `now` is Unix time (SecureJoin token
 /// age). Errors only for failures to build a reply; unreadable input is an [`Outcome`].
-pub fn process(bot: &Bot, raw: &[u8], now: u64) -> Result<(Outcome, Option<Reply>)> {
+pub fn process(
+    bot: &Bot,
+    raw: &[u8],
+    now: u64,
+    captions: &mut PendingCaptions,
+) -> Result<(Outcome, Option<Reply>)> {
     let fingerprint = bot.key.fingerprint();
     let passwords = bot.tokens.passwords(&fingerprint);
     let received = match receive(raw, &bot.key, &passwords, |_| None) {
@@ -53,6 +90,17 @@ pub fn process(bot: &Bot, raw: &[u8], now: u64) -> Result<(Outcome, Option<Reply
     });
     let verdict = classify(addr, &received);
     let (outcome, text) = match verdict {
+        Verdict::Ignore(Ignored::PreMessage) => {
+            if let (Some(post), Some(text)) = (
+                received.content.headers.get("chat-post-message-id"),
+                received.content.text.clone(),
+            ) {
+                if received.is_authenticated() {
+                    captions.insert(bare_id(post), text);
+                }
+            }
+            return Ok((Outcome::Ignored(Ignored::PreMessage), None));
+        }
         Verdict::Ignore(why) => return Ok((Outcome::Ignored(why), None)),
         Verdict::SecureJoin(step) => {
             let action = securejoin::handle(&step, &received, &bot.tokens, &fingerprint, now);
@@ -70,10 +118,15 @@ pub fn process(bot: &Bot, raw: &[u8], now: u64) -> Result<(Outcome, Option<Reply
             return Ok((outcome, built.map(|built| Reply { to, built })));
         }
         Verdict::Help => (Outcome::Helped, HELP_TEXT.to_owned()),
-        Verdict::Echo => (
-            Outcome::Echoed,
-            received.content.text.clone().unwrap_or_default(),
-        ),
+        Verdict::Echo => {
+            let own = received.content.text.clone().unwrap_or_default();
+            let pending = in_reply_to.as_deref().and_then(|id| captions.take(id));
+            let text = match pending {
+                Some(caption) if own.trim().is_empty() => caption,
+                _ => own,
+            };
+            (Outcome::Echoed, text)
+        }
     };
     // classify() only echoes authenticated mail, which has a sender and its key.
     let (Some(peer), Some(peer_cert)) = (received.outer.from.clone(), received.sender_cert.clone())
@@ -137,7 +190,7 @@ mod tests {
     #[test]
     fn text_is_echoed_to_the_sender() {
         let raw = client_message(&client_inner("", "Hello \r\n\u{1F600} world"));
-        let (outcome, reply) = process(&bot(), &raw, 0).unwrap();
+        let (outcome, reply) = process(&bot(), &raw, 0, &mut PendingCaptions::default()).unwrap();
         assert_eq!(outcome, Outcome::Echoed);
         let echoed = at_bob(&reply.unwrap());
         assert!(echoed.is_authenticated());
@@ -154,7 +207,7 @@ mod tests {
     #[test]
     fn help_is_answered() {
         let raw = client_message(&client_inner("", "/help"));
-        let (outcome, reply) = process(&bot(), &raw, 0).unwrap();
+        let (outcome, reply) = process(&bot(), &raw, 0, &mut PendingCaptions::default()).unwrap();
         assert_eq!(outcome, Outcome::Helped);
         let answer = at_bob(&reply.unwrap());
         assert_eq!(answer.content.text.as_deref(), Some(HELP_TEXT));
@@ -164,10 +217,16 @@ mod tests {
     fn bots_and_garbage_get_nothing() {
         let raw = client_message(&client_inner("Auto-Submitted: auto-generated\r\n", "hi"));
         assert_eq!(
-            process(&bot(), &raw, 0).unwrap(),
+            process(&bot(), &raw, 0, &mut PendingCaptions::default()).unwrap(),
             (Outcome::Ignored(Ignored::AutoSubmitted), None)
         );
-        let (outcome, reply) = process(&bot(), b"\x00\x01 not mail", 0).unwrap();
+        let (outcome, reply) = process(
+            &bot(),
+            b"\x00\x01 not mail",
+            0,
+            &mut PendingCaptions::default(),
+        )
+        .unwrap();
         assert!(reply.is_none(), "{outcome:?}");
     }
 
@@ -185,8 +244,37 @@ mod tests {
             "Sun, 29 Nov 2026 20:00:00 +0000",
             std::str::from_utf8(&armored).unwrap(),
         );
-        let (outcome, reply) = process(&bot(), raw.as_bytes(), 0).unwrap();
+        let (outcome, reply) =
+            process(&bot(), raw.as_bytes(), 0, &mut PendingCaptions::default()).unwrap();
         assert!(matches!(outcome, Outcome::Unreadable(_)), "{outcome:?}");
         assert!(reply.is_none());
+    }
+
+    #[test]
+    fn caption_of_a_pre_message_goes_with_its_post_message() {
+        let mut captions = PendingCaptions::default();
+        let pre = client_message(&client_inner(
+            "Chat-Post-Message-ID: <post@localhost>\r\n",
+            "big one",
+        ));
+        let (outcome, reply) = process(&bot(), &pre, 0, &mut captions).unwrap();
+        assert_eq!(outcome, Outcome::Ignored(Ignored::PreMessage));
+        assert!(reply.is_none());
+        let inner = format!(
+            "Content-Type: multipart/mixed; boundary=\"b1\"; protected-headers=\"v1\"\r\n\
+             From: <{PEER}>\r\nTo: <{BOT}>\r\nChat-Version: 1.0\r\nMessage-ID: <post@localhost>\r\n\
+             Autocrypt: {}\r\n\r\n--b1\r\nContent-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"big.bin\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b1--\r\n",
+            crate::autocrypt::Header::new(PEER, bob().secret_cert(), true)
+                .to_value()
+                .unwrap()
+        );
+        let (outcome, reply) = process(&bot(), &client_message(&inner), 0, &mut captions).unwrap();
+        assert_eq!(outcome, Outcome::Echoed);
+        let echoed = at_bob(&reply.unwrap());
+        assert_eq!(echoed.content.text.as_deref(), Some("big one"));
+        assert_eq!(echoed.content.attachment.unwrap().data, [0, 1, 2]);
+        assert!(captions.entries.is_empty());
     }
 }

@@ -15,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::Bot;
 use crate::error::{Error, Result};
-use crate::process::{Outcome, Reply, process};
+use crate::process::{Outcome, PendingCaptions, Reply, process};
 use crate::smtp;
 use crate::state::{read_optional, write_private};
 use crate::tls;
@@ -176,11 +176,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut pacer = Pacer::new(relay.send_per_minute, relay.send_burst, Instant::now());
+    let mut captions = PendingCaptions::default();
     let run = async {
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
-            match session(bot, relay, state_dir, &mut pacer).await {
+            match session(bot, relay, state_dir, &mut pacer, &mut captions).await {
                 Ok(()) => {
                     tracing::info!(
                         "logging in again (the relay expires accounts that never log in)"
@@ -207,7 +208,13 @@ pub async fn serve(
 
 /// One IMAP session. Ends with `Ok` after [`SESSION_MAX`] (to log in again), with the
 /// error otherwise.
-async fn session(bot: &Bot, relay: &Relay, state_dir: &Path, pacer: &mut Pacer) -> Result<()> {
+async fn session(
+    bot: &Bot,
+    relay: &Relay,
+    state_dir: &Path,
+    pacer: &mut Pacer,
+    captions: &mut PendingCaptions,
+) -> Result<()> {
     let started = Instant::now();
     let stream = tls::connect(&relay.tls, &relay.host, relay.imap_port).await?;
     let mut client = async_imap::Client::new(stream);
@@ -235,7 +242,10 @@ async fn session(bot: &Bot, relay: &Relay, state_dir: &Path, pacer: &mut Pacer) 
         state.save(state_dir)?;
     }
     loop {
-        handle_new_mail(&mut imap, bot, relay, state_dir, &mut state, pacer).await?;
+        handle_new_mail(
+            &mut imap, bot, relay, state_dir, &mut state, pacer, captions,
+        )
+        .await?;
         let mut idle = imap.idle();
         idle.init().await.map_err(imap_err("IDLE"))?;
         let (wait, _stop) = idle.wait_with_timeout(IDLE_REISSUE);
@@ -255,6 +265,7 @@ async fn handle_new_mail(
     state_dir: &Path,
     state: &mut ImapState,
     pacer: &mut Pacer,
+    captions: &mut PendingCaptions,
 ) -> Result<()> {
     let mut uids: Vec<u32> = imap
         .uid_search("ALL")
@@ -275,8 +286,14 @@ async fn handle_new_mail(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let (outcome, reply) = match raw {
-            Some(raw) => process(bot, &raw, now)?,
+        // A reply that cannot be built is logged and the message counts as handled:
+        // failing the session would fetch the same message again, forever.
+        let (outcome, reply) = match raw.map(|raw| process(bot, &raw, now, captions)) {
+            Some(Ok(result)) => result,
+            Some(Err(err)) => (
+                Outcome::Unreadable(format!("no reply could be built: {err}")),
+                None,
+            ),
             None => (Outcome::Unreadable("no body".into()), None),
         };
         log_outcome(uid, &outcome);
