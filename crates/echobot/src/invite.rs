@@ -136,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn qr_png_is_a_square_grayscale_image_with_dark_modules() {
+    fn qr_png_reads_back_as_the_link() {
         let link = invite(true).link();
         let bytes = qr_png(&link).unwrap();
         let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
@@ -154,6 +154,13 @@ mod tests {
         assert_eq!(pixels[0], 255);
         let corner = QUIET_ZONE * SCALE;
         assert_eq!(pixels[corner * side + corner], 0);
+        // A QR reader finds the link in it.
+        let mut image =
+            rqrr::PreparedImage::prepare_from_greyscale(side, side, |x, y| pixels[y * side + x]);
+        let grids = image.detect_grids();
+        assert_eq!(grids.len(), 1);
+        let (_, content) = grids[0].decode().unwrap();
+        assert_eq!(content, link);
     }
 
     #[test]
