@@ -1,9 +1,11 @@
 //! A Delta Chat compatible echo bot for a chatmail relay, without Delta Chat core.
 //!
-//! This crate holds the bot's core: its key and account ([`key`]), Autocrypt headers
-//! ([`autocrypt`]), OpenPGP ([`pgp`]), message parsing and building ([`message`]),
-//! SecureJoin as inviter ([`securejoin`]) and the invite link and QR code ([`invite`]).
-//! None of these modules does network I/O.
+//! Pure parts, without I/O: the key and account ([`key`]), Autocrypt headers
+//! ([`autocrypt`]), OpenPGP ([`pgp`], with AES-OCB in [`ocb`]), message parsing, the ignore
+//! rules and building ([`message`]), SecureJoin as inviter ([`securejoin`]), what to answer
+//! to one message ([`process`]) and the invite link and QR code ([`invite`]). On top:
+//! the state files ([`state`]), TLS ([`tls`]), an SMTP client ([`smtp`]) and the IMAP
+//! service loop ([`service`]).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing, clippy::string_slice))]
