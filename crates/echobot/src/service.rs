@@ -246,6 +246,10 @@ async fn session(
             &mut imap, bot, relay, state_dir, &mut state, pacer, captions,
         )
         .await?;
+        if announced_new_mail(&imap) {
+            // Mail arrived while the commands above ran; IDLE would not report it again.
+            continue;
+        }
         let mut idle = imap.idle();
         idle.init().await.map_err(imap_err("IDLE"))?;
         let (wait, _stop) = idle.wait_with_timeout(IDLE_REISSUE);
@@ -256,6 +260,18 @@ async fn session(
             return Ok(());
         }
     }
+}
+
+/// Drains what the server reported besides command results; true if it announced mail.
+fn announced_new_mail(imap: &ImapSession) -> bool {
+    let mut new = false;
+    while let Ok(response) = imap.unsolicited_responses.try_recv() {
+        // Not RECENT: Dovecot may report a changed count after our own EXPUNGE.
+        if matches!(response, async_imap::types::UnsolicitedResponse::Exists(n) if n > 0) {
+            new = true;
+        }
+    }
+    new
 }
 
 async fn handle_new_mail(
