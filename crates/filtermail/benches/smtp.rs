@@ -17,7 +17,7 @@
 //!   to the content filter, delivers one message, and disconnects"): connect, 220, EHLO,
 //!   MAIL, RCPT, DATA, message, QUIT; latency = connect to the reply after the dot.
 //!
-//! Before each measurement it waits up to a minute for a second in which the machine was
+//! Before each measurement it waits up to 30 s for a second in which the machine was
 //! nearly idle; the "other cores" column shows what still competed. filtermail is
 //! restarted for every scenario, so its VmHWM is the peak of that scenario
 //! alone; it is read at half time and at the end to show whether memory grows with the
@@ -48,7 +48,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// /proc reports CPU times in USER_HZ, which is 100 on Linux.
 const USER_HZ: f64 = 100.0;
 /// Longest wait for a quiet machine before a measurement.
-const QUIET_WAIT: Duration = Duration::from_secs(60);
+const QUIET_WAIT: Duration = Duration::from_secs(30);
 const SENDER: &str = pgp::ALICE;
 const RECIPIENT: &str = pgp::BOB;
 
