@@ -66,6 +66,15 @@ fn verdicts(message: &[u8], from: &str, to: &str) -> (&'static str, &'static str
 #[case("gpg-signed-only.eml", "523", "523")]
 #[case("gpg-literal.eml", "523", "523")]
 #[case("securejoin-two-parts.eml", "523", "523")]
+// Sequoia 2 output, written by `write_sequoia_fixtures`.
+#[case("seq-pkesk3-seipd1.eml", "accept", "accept")]
+#[case("seq-pkesk6-seipd2-v6-key.eml", "accept", "accept")]
+#[case("seq-signed-two-recipients.eml", "accept", "accept")]
+#[case("seq-skesk6-seipd2.eml", "accept", "accept")]
+#[case("seq-version-header.eml", "523", "accept")]
+#[case("seq-signed-only.eml", "523", "523")]
+// An Autocrypt Setup Message from Alice to Bob, not to herself.
+#[case("seq-autocrypt-setup.eml", "523", "523")]
 fn own_fixture(#[case] name: &str, #[case] outgoing: &str, #[case] incoming: &str) {
     let message = std::fs::read(Path::new(OURS).join(name)).unwrap();
     assert_eq!(
@@ -277,6 +286,35 @@ fn sequoia_message_forged_sender() {
         true
     });
     assert_eq!(code(&forged.outcome), "500");
+}
+
+/// The Sequoia-made messages committed as fixture files (`tests/fixtures/seq-*.eml`), so
+/// that other tests and people without this crate's dev-dependencies can use them.
+const SEQUOIA_FIXTURES: &[(&str, Made)] = &[
+    ("seq-pkesk3-seipd1.eml", Made::ToBob),
+    ("seq-pkesk6-seipd2-v6-key.eml", Made::ToCarolV6),
+    ("seq-signed-two-recipients.eml", Made::TwoRecipients),
+    ("seq-skesk6-seipd2.eml", Made::SymmetricSeipd2),
+    ("seq-version-header.eml", Made::VersionHeader),
+    ("seq-signed-only.eml", Made::SignedOnly),
+];
+
+/// Regenerates the `seq-*.eml` fixtures (new keys and payloads, same shapes and verdicts).
+#[test]
+#[ignore = "writes tests/fixtures/seq-*.eml; run with --ignored to regenerate them"]
+fn write_sequoia_fixtures() {
+    for &(name, made) in SEQUOIA_FIXTURES {
+        let (message, _) = made.build();
+        let path = Path::new(OURS).join(name);
+        let tmp = path.with_extension("eml.tmp");
+        std::fs::write(&tmp, &message).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    let asm = pgp::autocrypt_setup_message(BOB);
+    let path = Path::new(OURS).join("seq-autocrypt-setup.eml");
+    let tmp = path.with_extension("eml.tmp");
+    std::fs::write(&tmp, &asm).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
 }
 
 /// Upstream's fixtures, or `None` (after saying why) when they are not next to the
