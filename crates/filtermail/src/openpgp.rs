@@ -41,10 +41,19 @@ pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
     while let Some(rest) = text.strip_prefix(b"\r\n") {
         text = rest;
     }
-    // The CRC-24 line starts with '='; everything from the last '=' on goes. (So does
-    // base64 padding when there is no checksum line: such armor is refused, as upstream.)
-    if let Some(pos) = text.iter().rposition(|&b| b == b'=') {
-        text = text.get(..pos).unwrap_or(&[]);
+    // The optional CRC-24 checksum is a line of its own that starts with '='. Upstream cuts
+    // at the last '=' anywhere, which also eats the base64 padding of armor without a
+    // checksum line (RFC 9580 makes the line optional; Sequoia omits it for v6 keys), so
+    // such valid messages were refused. Only a final line starting with '=' goes here.
+    while let Some(rest) = text.strip_suffix(b"\r\n") {
+        text = rest;
+    }
+    let last_line_start = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |pos| pos + 1);
+    if text.get(last_line_start) == Some(&b'=') {
+        text = text.get(..last_line_start).unwrap_or(&[]);
     }
     let mut base64 = Vec::with_capacity(text.len());
     let mut start = 0;
@@ -250,13 +259,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn padding_without_checksum_is_refused_as_upstream() {
-        // 31 bytes → base64 ends in '='; with no CRC line the cut removes real data.
-        let data = seq(&[packet(1, 9), packet(18, 18)]);
+    #[rstest]
+    #[case::one_padding_byte(seq(&[packet(1, 9), packet(18, 19)]))]
+    #[case::two_padding_bytes(seq(&[packet(1, 9), packet(18, 18)]))]
+    fn padding_without_checksum_is_accepted(#[case] data: Vec<u8>) {
+        // Upstream cut at the last '=' and so refused these valid messages (RFC 9580 makes
+        // the checksum line optional).
         assert_ne!(data.len() % 3, 0);
+        let payload = armor(&data, "", "");
+        assert!(check_armored_payload(&payload, Direction::Outgoing));
+        assert!(check_armored_payload(&payload, Direction::Incoming));
+        let with_checksum = armor(&data, "", "=abcd\r\n");
+        assert!(check_armored_payload(&with_checksum, Direction::Outgoing));
+    }
+
+    #[test]
+    fn checksum_glued_to_the_data_line_is_refused() {
+        // Not armor: the checksum must be a line of its own.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(good());
+        let payload = format!(
+            "-----BEGIN PGP MESSAGE-----\r\n\r\n{b64}=abcd\r\n-----END PGP MESSAGE-----\r\n"
+        );
         assert!(!check_armored_payload(
-            &armor(&data, "", ""),
+            payload.as_bytes(),
             Direction::Incoming
         ));
     }
