@@ -437,7 +437,10 @@ impl MailRelay {
         } else {
             ("may", "no")
         };
-        let max_smtp_connections = 1000;
+        let ini = self.relay.path("chatmail.ini");
+        let ini = chatmail_config::Config::load(&ini)
+            .unwrap_or_else(|err| panic!("the relay's chatmail.ini does not load: {err}"));
+        let max_smtp_connections = ini.max_smtp_connections;
         let master_cf = render_template(
             "postfix/master.cf",
             &[

@@ -77,6 +77,8 @@ struct Limits {
     max_mailbox_size_mb: u64,
     /// `max_message_size`: `quota_max_mail_size`.
     max_message_size: u64,
+    /// `max_imap_connections`: imap's `process_limit`.
+    max_imap_connections: u32,
 }
 
 /// A process this relay started, for [`Relay::detach`].
@@ -207,13 +209,14 @@ impl Relay {
 
         let ini = relay.path("chatmail.ini");
         relay.write_public(&ini, &format!("{}{extra_ini}", relay.render_ini()));
-        // Dovecot's quota and message size limit come from chatmail.ini, as on a relay.
+        // Dovecot's limits come from chatmail.ini, as on a relay.
         let config = chatmail_config::Config::load(&ini)
             .unwrap_or_else(|err| panic!("the relay's chatmail.ini does not load: {err}"));
         let limits = Limits {
             max_mailbox_size_mb: u64::try_from(config.max_mailbox_size_mb)
                 .unwrap_or_else(|_| panic!("max_mailbox_size {}", config.max_mailbox_size)),
             max_message_size: config.max_message_size,
+            max_imap_connections: config.max_imap_connections,
         };
         let auth_conf = relay.path("auth.conf");
         relay.write_public(&auth_conf, &render_auth_conf(&doveauth_socket));
@@ -411,7 +414,7 @@ impl Relay {
                 tls_key: self.tls_key(),
                 max_mailbox_size_mb: limits.max_mailbox_size_mb,
                 max_message_size: limits.max_message_size,
-                max_imap_connections: 10_000,
+                max_imap_connections: limits.max_imap_connections,
                 imap_login_processes: if self.options.loopback { 10 } else { 1 },
                 vmail_uid: self.vmail.uid.as_raw(),
                 local_conf: self.path("local.conf"),
