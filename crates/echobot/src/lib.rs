@@ -85,8 +85,14 @@ pub fn start(config: &chatmail_config::Config, state_dir: &Path) -> Result<Bot> 
 }
 
 /// Runs the bot until SIGTERM or SIGINT: [`start`], log the invite, then the service
-/// loop, which waits and retries while the relay is not reachable.
-pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result<()> {
+/// loop, which waits and retries while the relay is not reachable. `imap` and `smtp`
+/// replace `mail_domain` ports 993 and 465 (both implicit TLS) when given.
+pub fn run(
+    config: &chatmail_config::Config,
+    state_dir: &Path,
+    imap: Option<service::Endpoint>,
+    smtp: Option<service::Endpoint>,
+) -> anyhow::Result<()> {
     let bot = start(config, state_dir)?;
     tracing::info!(
         "account {} key {}",
@@ -94,7 +100,8 @@ pub fn run(config: &chatmail_config::Config, state_dir: &Path) -> anyhow::Result
         bot.key.fingerprint()
     );
     tracing::info!("invite link: {}", bot.invite_link);
-    let relay = service::Relay::from_config(config)?;
+    let relay = service::Relay::from_config(config, imap, smtp)?;
+    tracing::info!("IMAP {}, SMTP {}", relay.imap, relay.smtp);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -34,15 +34,68 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often one reply is tried when the relay answers with a transient error.
 const SEND_ATTEMPTS: u32 = 5;
 
+/// One server of the relay: host name (or IP address) and port, reached with implicit TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address (without brackets), also the TLS server name.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `HOST:PORT`, `[IPV6]:PORT` included: the form of `--imap-server` and
+    /// `--smtp-server`.
+    pub fn parse(text: &str) -> std::result::Result<Endpoint, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?}: expected HOST:PORT"))?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner
+                .strip_suffix(']')
+                .filter(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
+                .ok_or_else(|| format!("{text:?}: expected [IPV6]:PORT"))?,
+            None if host.contains(':') => {
+                return Err(format!(
+                    "{text:?}: an IPv6 address needs brackets: [IPV6]:PORT"
+                ));
+            }
+            None => host,
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!(
+                "{text:?}: expected a host name or IP address before ':'"
+            ));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| format!("{text:?}: the port must be a number from 1 to 65535"))?;
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Where and how to reach the relay.
 #[derive(Clone)]
 pub struct Relay {
-    /// Host name (or IPv4 literal) of the relay's IMAP and SMTP servers.
-    pub host: String,
-    /// IMAPS port (implicit TLS).
-    pub imap_port: u16,
-    /// SMTPS port (implicit TLS).
-    pub smtp_port: u16,
+    /// The IMAP server (implicit TLS): `mail_domain` port 993 unless overridden.
+    pub imap: Endpoint,
+    /// The SMTP submission server (implicit TLS): `mail_domain` port 465 unless overridden.
+    pub smtp: Endpoint,
     /// TLS configuration (self-signed relays accepted only where chatmail.ini says so).
     pub tls: Arc<ClientConfig>,
     /// The relay's sending rate limit, which the bot keeps to.
@@ -52,13 +105,22 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// The relay of `config`: `mail_domain`, ports 993 and 465.
-    pub fn from_config(config: &chatmail_config::Config) -> Result<Self> {
+    /// The relay of `config`: `mail_domain`, ports 993 and 465, or the servers given
+    /// instead (`--imap-server`, `--smtp-server`). The certificate check follows
+    /// `tls_cert_mode` either way.
+    pub fn from_config(
+        config: &chatmail_config::Config,
+        imap: Option<Endpoint>,
+        smtp: Option<Endpoint>,
+    ) -> Result<Self> {
         let self_signed = config.tls_cert_mode == chatmail_config::TlsCertMode::SelfSigned;
-        Ok(Relay {
+        let on_domain = |port| Endpoint {
             host: config.mail_domain_bare.clone(),
-            imap_port: 993,
-            smtp_port: 465,
+            port,
+        };
+        Ok(Relay {
+            imap: imap.unwrap_or_else(|| on_domain(993)),
+            smtp: smtp.unwrap_or_else(|| on_domain(465)),
             tls: tls::client_config(self_signed)?,
             send_per_minute: config.max_user_send_per_minute,
             send_burst: config.max_user_send_burst_size,
@@ -216,7 +278,7 @@ async fn session(
     captions: &mut PendingCaptions,
 ) -> Result<()> {
     let started = Instant::now();
-    let stream = tls::connect(&relay.tls, &relay.host, relay.imap_port).await?;
+    let stream = tls::connect(&relay.tls, &relay.imap.host, relay.imap.port).await?;
     let mut client = async_imap::Client::new(stream);
     client
         .read_response()
@@ -387,7 +449,7 @@ async fn send_reply(
     for attempt in 1..=SEND_ATTEMPTS {
         let result = async {
             if client.is_none() {
-                let stream = tls::connect(&relay.tls, &relay.host, relay.smtp_port).await?;
+                let stream = tls::connect(&relay.tls, &relay.smtp.host, relay.smtp.port).await?;
                 *client = Some(
                     smtp::Client::login(stream, &bot.credentials.addr, &bot.credentials.password)
                         .await?,
@@ -456,6 +518,55 @@ mod tests {
             assert_eq!(pacer.reserve(later), Duration::ZERO);
         }
         assert!(pacer.reserve(later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn endpoints_parse_host_port() {
+        let parse = |text| Endpoint::parse(text).map(|e| (e.host, e.port));
+        assert_eq!(parse("127.0.0.1:10993"), Ok(("127.0.0.1".into(), 10993)));
+        assert_eq!(
+            parse("imap.example.org:993"),
+            Ok(("imap.example.org".into(), 993))
+        );
+        assert_eq!(parse("[::1]:465"), Ok(("::1".into(), 465)));
+        assert_eq!(
+            parse("_chat.localhost:1"),
+            Ok(("_chat.localhost".into(), 1))
+        );
+        for bad in [
+            "",
+            "example.org",
+            "example.org:",
+            ":993",
+            "example.org:0",
+            "example.org:65536",
+            "example.org:99x",
+            "::1:465",
+            "[::1:465",
+            "[example.org]:465",
+            "a b:465",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for text in ["127.0.0.1:10993", "[::1]:465", "example.org:993"] {
+            assert_eq!(Endpoint::parse(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn relay_defaults_to_the_mail_domain_on_993_and_465() {
+        let config = chatmail_config::Config::parse(
+            "[params]\nmail_domain = _chat.localhost\n",
+            Path::new("chatmail.ini"),
+        )
+        .unwrap();
+        let relay = Relay::from_config(&config, None, None).unwrap();
+        assert_eq!(relay.imap.to_string(), "_chat.localhost:993");
+        assert_eq!(relay.smtp.to_string(), "_chat.localhost:465");
+        let imap = Endpoint::parse("127.0.0.1:10993").unwrap();
+        let smtp = Endpoint::parse("[::1]:10465").unwrap();
+        let relay = Relay::from_config(&config, Some(imap.clone()), Some(smtp.clone())).unwrap();
+        assert_eq!((relay.imap, relay.smtp), (imap, smtp));
     }
 
     #[test]
