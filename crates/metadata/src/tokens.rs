@@ -17,6 +17,10 @@
 //! A modification that leaves the file's bytes unchanged (a token refreshed within the
 //! same second) writes nothing. Writes are not fsynced, as upstream's are not: see
 //! [`write_and_rename`].
+//!
+//! The replaced file is kept open across the rename ([`Retired`]), so the rename only
+//! unlinks it; freeing its inode and block happens when that descriptor is closed, which
+//! the async forms do after handing their result back (see [`Retired`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -99,6 +103,32 @@ impl TokenStore {
             .map(|_| ())
     }
 
+    /// Runs the modification `work` (with [`Wait::Yes`]) on the blocking pool and returns
+    /// its result as soon as it is known: the replaced file is closed after that, on the
+    /// pool thread, while the caller goes on (replies).
+    async fn modify_on_pool(
+        &self,
+        work: impl FnOnce(&TokenStore) -> Result<Option<(Written, Retired)>, MetadataError>
+        + Send
+        + 'static,
+    ) -> Result<(), MetadataError> {
+        let store = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let (result, retired) = match work(&store) {
+                Ok(done) => (Ok(()), done.map(|(_, retired)| retired)),
+                Err(err) => (Err(err), None),
+            };
+            let _ = tx.send(result);
+            drop(retired);
+        });
+        match rx.await {
+            Ok(result) => result,
+            // The closure panicked before sending: the join error says so.
+            Err(_) => task.await.map_err(MetadataError::from),
+        }
+    }
+
     /// The valid tokens of `addr` in file order. Reads without the lock, as upstream does;
     /// when some tokens have expired or the file is in the legacy array form, the file is
     /// rewritten under the lock. Blocking.
@@ -112,14 +142,21 @@ impl TokenStore {
     pub async fn add(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
         let done = self
             .pace
-            .run_in_task(|| self.modify_tokens(addr, now, Wait::No, insert_token(token, now)));
+            // The replaced file is closed inside, so the pace counts its cost.
+            .run_in_task(|| {
+                self.modify_tokens(addr, now, Wait::No, insert_token(token, now))
+                    .map(|done| done.map(|(written, _retired)| written))
+            });
         if let Some(done) = done
             && done?.is_some()
         {
             return Ok(());
         }
-        let (store, addr, token) = (self.clone(), addr.to_owned(), token.to_owned());
-        tokio::task::spawn_blocking(move || store.add_token(&addr, &token, now)).await?
+        let (addr, token) = (addr.to_owned(), token.to_owned());
+        self.modify_on_pool(move |store| {
+            store.modify_tokens(&addr, now, Wait::Yes, insert_token(&token, now))
+        })
+        .await
     }
 
     /// [`TokenStore::remove_token`] without blocking the runtime on the lock, nor on a
@@ -127,14 +164,21 @@ impl TokenStore {
     pub async fn remove(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
         let done = self
             .pace
-            .run_in_task(|| self.modify_tokens(addr, now, Wait::No, delete_token(token)));
+            // The replaced file is closed inside, so the pace counts its cost.
+            .run_in_task(|| {
+                self.modify_tokens(addr, now, Wait::No, delete_token(token))
+                    .map(|done| done.map(|(written, _retired)| written))
+            });
         if let Some(done) = done
             && done?.is_some()
         {
             return Ok(());
         }
-        let (store, addr, token) = (self.clone(), addr.to_owned(), token.to_owned());
-        tokio::task::spawn_blocking(move || store.remove_token(&addr, &token, now)).await?
+        let (addr, token) = (addr.to_owned(), token.to_owned());
+        self.modify_on_pool(move |store| {
+            store.modify_tokens(&addr, now, Wait::Yes, delete_token(&token))
+        })
+        .await
     }
 
     /// [`TokenStore::valid_tokens`] without blocking the runtime on the lock. Reading runs
@@ -198,9 +242,9 @@ impl TokenStore {
         now: i64,
         wait: Wait,
         change: impl FnOnce(&mut Map<String, Value>),
-    ) -> Result<Option<Written>, MetadataError> {
+    ) -> Result<Option<(Written, Retired)>, MetadataError> {
         let maildir = self.maildir(addr)?;
-        modify_with(&maildir, wait, |data| {
+        modify_retiring(&maildir, wait, |data| {
             let tokens = data
                 .entry(DEVICETOKEN_KEY)
                 .or_insert_with(|| Value::Object(Map::new()));
@@ -249,6 +293,18 @@ pub enum Wait {
     No,
 }
 
+/// The `metadata.json` a modification replaced, still open.
+///
+/// While a descriptor holds it, the rename over it only unlinks it; the kernel frees its
+/// inode and data block when the descriptor is closed, i.e. when this is dropped. On ext4
+/// that is a truncate, and with the `discard` mount option a discard request waited for
+/// on the device: a good part of a write's cost there. The async forms drop it after
+/// handing their result back, so a reply does not wait for it.
+#[derive(Debug, Default)]
+pub struct Retired {
+    _file: Option<File>,
+}
+
 /// What a modification did to `metadata.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -274,31 +330,40 @@ fn type_name(value: &Value) -> &'static str {
 /// returns the bytes read (`None` when there was no readable file), so a writer can tell
 /// whether its new content differs.
 pub fn read_dict(path: &Path) -> (Map<String, Value>, Option<Vec<u8>>) {
-    let bytes = match read_small(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return (Map::new(), None),
+    let (data, bytes, _) = read_dict_open(path);
+    (data, bytes)
+}
+
+/// [`read_dict`], also returning the file, still open.
+fn read_dict_open(path: &Path) -> (Map<String, Value>, Option<Vec<u8>>, Retired) {
+    let (bytes, file) = match read_small(path) {
+        Ok(read) => read,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return (Map::new(), None, Retired::default());
+        }
         Err(_) => {
             warn_corrupt(path);
-            return (Map::new(), None);
+            return (Map::new(), None, Retired::default());
         }
     };
+    let file = Retired { _file: Some(file) };
     match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => (map, Some(bytes)),
+        Ok(Value::Object(map)) => (map, Some(bytes), file),
         _ => {
             warn_corrupt(path);
-            (Map::new(), Some(bytes))
+            (Map::new(), Some(bytes), file)
         }
     }
 }
 
-/// `fs::read` without its `statx` for the size: open, read until EOF, close. The files
-/// are a few hundred bytes.
-fn read_small(path: &Path) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+/// `fs::read` without its `statx` for the size: open, read until EOF. The files are a few
+/// hundred bytes. The file is returned open.
+fn read_small(path: &Path) -> io::Result<(Vec<u8>, File)> {
+    let mut file = File::open(path)?;
     let mut bytes = Vec::with_capacity(1024);
     // Through `Take` the generic read_to_end runs, which asks for no size first.
-    file.take(u64::MAX).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    (&mut file).take(u64::MAX).read_to_end(&mut bytes)?;
+    Ok((bytes, file))
 }
 
 fn warn_corrupt(path: &Path) {
@@ -324,23 +389,32 @@ pub fn modify_with(
     wait: Wait,
     change: impl FnOnce(&mut Map<String, Value>),
 ) -> Result<Option<Written>, MetadataError> {
+    modify_retiring(maildir, wait, change).map(|done| done.map(|(written, _)| written))
+}
+
+/// [`modify_with`], also returning the replaced file, still open (see [`Retired`]).
+fn modify_retiring(
+    maildir: &Path,
+    wait: Wait,
+    change: impl FnOnce(&mut Map<String, Value>),
+) -> Result<Option<(Written, Retired)>, MetadataError> {
     let lock_path = maildir.join(METADATA_LOCK_FILE);
     let Some(_lock) = lock_exclusive(&lock_path, wait)? else {
         return Ok(None);
     };
     let path = maildir.join(METADATA_FILE);
-    let (mut data, old) = read_dict(&path);
+    let (mut data, old, retired) = read_dict_open(&path);
     change(&mut data);
     let text = to_python_json(&Value::Object(data));
     if old.as_deref() == Some(text.as_bytes()) {
-        return Ok(Some(Written::Unchanged));
+        return Ok(Some((Written::Unchanged, Retired::default())));
     }
     let tmp = maildir.join(METADATA_TMP_FILE);
     write_and_rename(&tmp, &path, text.as_bytes()).map_err(|source| MetadataError::Io {
         path: path.clone(),
         source,
     })?;
-    Ok(Some(Written::Replaced))
+    Ok(Some((Written::Replaced, retired)))
 }
 
 /// The exclusive `flock` on `path`, or `None` when `wait` is [`Wait::No`] and another
@@ -609,7 +683,7 @@ mod tests {
         let done = store
             .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
             .unwrap();
-        assert_eq!(done, None);
+        assert!(done.is_none());
         // Reading needs no lock; an expired token to drop would.
         assert_eq!(
             store.valid_tokens_with(ADDR, NOW, Wait::No).unwrap(),
@@ -624,10 +698,44 @@ mod tests {
         assert_eq!(
             store
                 .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
-                .unwrap(),
+                .unwrap()
+                .map(|(written, _)| written),
             Some(Written::Replaced)
         );
         assert_eq!(store.valid_tokens(ADDR, NOW).unwrap(), ["a", "b"]);
+    }
+
+    /// The replaced file stays open, unlinked, until the [`Retired`] is dropped; an
+    /// unchanged or new file retires nothing.
+    #[test]
+    fn the_replaced_file_is_retired_open() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, store) = store();
+        let (written, retired) = store
+            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("a", NOW))
+            .unwrap()
+            .unwrap();
+        assert_eq!(written, Written::Replaced);
+        assert!(retired._file.is_none(), "there was no file to replace");
+        let (_, retired) = store
+            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("a", NOW))
+            .unwrap()
+            .unwrap();
+        assert!(retired._file.is_none(), "nothing was written");
+        let (_, retired) = store
+            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("b", NOW))
+            .unwrap()
+            .unwrap();
+        let mut old = retired._file.expect("the replaced file");
+        assert_eq!(old.metadata().unwrap().nlink(), 0, "unlinked by the rename");
+        let mut content = String::new();
+        std::io::Seek::rewind(&mut old).unwrap();
+        old.read_to_string(&mut content).unwrap();
+        assert_eq!(content, format!(r#"{{"devicetoken": {{"a": {NOW}}}}}"#));
+        assert_eq!(
+            fs::read_to_string(file(&dir)).unwrap(),
+            format!(r#"{{"devicetoken": {{"a": {NOW}, "b": {NOW}}}}}"#)
+        );
     }
 
     /// The async forms wait for a held lock on the blocking pool, then do their work.
