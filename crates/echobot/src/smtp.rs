@@ -115,9 +115,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 return Ok(Err(Refused { command, reply }));
             }
         }
-        self.stream
-            .get_mut()
+        // Flushed: TLS keeps the tail of a large message buffered otherwise, and the
+        // server would wait for it while we wait for its reply.
+        let stream = self.stream.get_mut();
+        stream
             .write_all(&dot_stuff(message))
+            .await
+            .map_err(|err| Error::Smtp(format!("writing DATA: {err}")))?;
+        stream
+            .flush()
             .await
             .map_err(|err| Error::Smtp(format!("writing DATA: {err}")))?;
         let reply = self.command(None).await?;
@@ -211,6 +217,65 @@ mod tests {
             lines: vec![],
         };
         assert!(reply.is_transient());
+    }
+
+    /// A server that answers each command line and, after DATA, waits for the final dot.
+    async fn serve(stream: tokio::io::DuplexStream) -> Vec<u8> {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut read = BufReader::new(read);
+        write.write_all(b"220 hi\r\n").await.unwrap();
+        let mut data = Vec::new();
+        let mut in_data = false;
+        loop {
+            let mut line = Vec::new();
+            if read.read_until(b'\n', &mut line).await.unwrap() == 0 {
+                return data;
+            }
+            if in_data {
+                if line == b".\r\n" {
+                    in_data = false;
+                    write.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.extend_from_slice(&line);
+                }
+                continue;
+            }
+            let reply: &[u8] = match line.get(..4) {
+                Some(b"EHLO") => b"250 ok\r\n",
+                Some(b"AUTH") => b"235 ok\r\n",
+                Some(b"DATA") => {
+                    in_data = true;
+                    b"354 go\r\n"
+                }
+                Some(b"QUIT") => b"221 bye\r\n",
+                _ => b"250 ok\r\n",
+            };
+            write.write_all(reply).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn data_is_flushed_before_waiting_for_the_reply() {
+        // A stream that holds written bytes until flushed, as a TLS stream may.
+        let (client_end, server_end) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(serve(server_end));
+        let stream = tokio::io::BufWriter::with_capacity(1 << 20, client_end);
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut client = Client::login(stream, "bot@example.org", "secret").await?;
+            let result = client
+                .send(
+                    "bot@example.org",
+                    "peer@example.org",
+                    b"Subject: x\r\n\r\nbody\r\n",
+                )
+                .await;
+            client.quit().await;
+            result
+        })
+        .await
+        .expect("the message's end never reached the server");
+        assert_eq!(sent.unwrap(), Ok(()));
+        assert_eq!(server.await.unwrap(), b"Subject: x\r\n\r\nbody\r\n");
     }
 
     #[test]
