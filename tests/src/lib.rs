@@ -27,9 +27,11 @@
 //! * [`tls`]: the relay's self-signed certificate and a TLS client that accepts it.
 //! * [`loopback`]: the `loopback-relay` command's start and stop.
 //! * [`dclogin`]: `dclogin:` account URLs for the Delta Chat scenarios.
+//! * [`deltachat`]: the venv, relay, accounts and scenario runner of the Delta Chat tests.
 
 pub mod binaries;
 pub mod dclogin;
+pub mod deltachat;
 pub mod dovecot_conf;
 pub mod gateway;
 pub mod host;

@@ -13,136 +13,24 @@
 //! Postfix requires TLS on every SMTP port, as on the loopback relay, so the raw SMTP
 //! sessions of the scenarios use TLS too.
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, sleep};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatmail_e2e::binaries::workspace_root;
-use chatmail_e2e::dclogin::{DcLogin, Security, Server};
+use chatmail_e2e::deltachat::{
+    Account, json_path, json_str, rpc_server, servers, spawn_scenario, start, stream, wait,
+};
 use chatmail_e2e::host::DOVEADM;
-use chatmail_e2e::relay::Options;
 use chatmail_e2e::{DOMAIN, MailRelay, poll_until};
 
-/// The venv scripts/install-deps creates, relative to the workspace root.
-const VENV: &str = ".venv-e2e";
 /// The scenarios, relative to the workspace root.
 const SCENARIOS: &str = "tests/deltachat/scenarios.py";
-/// Postfix's `message_size_limit`: above filtermail's default `max_message_size`.
-const NO_POSTFIX_LIMIT: u64 = 64 * 1024 * 1024;
 /// How long one scenario may run before it is killed; each of its own waits is shorter.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
 /// A password with every character a URL or a form decoder could take for syntax.
 const TRICKY_PASSWORD: &str = "dc+login &=%?/#pass-9";
 const PASSWORD: &str = "correct-horse-9";
-
-/// The venv's Python with deltachat-rpc-client and the rpc server next to it, or `None`
-/// (after printing why) outside CI; in CI a missing venv panics, as a missing Dovecot does.
-fn require_deltachat() -> Option<PathBuf> {
-    let venv = workspace_root().join(VENV);
-    let python = venv.join("bin/python");
-    let server = venv.join("bin/deltachat-rpc-server");
-    let importable = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import deltachat_rpc_client"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-    if importable && server.exists() {
-        return Some(python);
-    }
-    let why = format!(
-        "{} lacks deltachat-rpc-client or deltachat-rpc-server (run scripts/install-deps)",
-        venv.display()
-    );
-    if std::env::var_os("CI").is_some_and(|value| !value.is_empty()) {
-        panic!("the Delta Chat venv is required in CI: {why}");
-    }
-    let test = std::thread::current().name().unwrap_or("test").to_string();
-    eprintln!("skipping {test}: {why}");
-    None
-}
-
-/// Where the client reaches the relay: IMAPS and submissions (SMTP over TLS), both with
-/// the relay's self-signed certificate, as a chatmail relay on an underscore domain has.
-fn servers(mail: &MailRelay) -> (Server, Server) {
-    let imap = Server {
-        host: "127.0.0.1".to_string(),
-        port: mail.relay().imaps_addr().port(),
-        security: Security::Tls,
-    };
-    let smtp = Server {
-        host: "127.0.0.1".to_string(),
-        port: mail.submissions_addr().port(),
-        security: Security::Tls,
-    };
-    (imap, smtp)
-}
-
-/// One account the scenario configures in Delta Chat from its `dclogin:` URL.
-struct Account {
-    addr: String,
-    password: String,
-    dclogin: String,
-}
-
-impl Account {
-    fn new(mail: &MailRelay, localpart: &str, password: &str) -> Account {
-        let addr = format!("{localpart}@{DOMAIN}");
-        let (imap, smtp) = servers(mail);
-        let dclogin = DcLogin {
-            addr: addr.clone(),
-            password: password.to_string(),
-            imap,
-            smtp,
-            // The relay's certificate is self-signed.
-            accept_invalid_certs: true,
-        }
-        .url();
-        Account {
-            addr,
-            password: password.to_string(),
-            dclogin,
-        }
-    }
-}
-
-/// A JSON string literal.
-fn json_str(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_path(path: &Path) -> String {
-    json_str(&path.display().to_string())
-}
-
-/// Starts a relay with `ini` for `scenario`: `None` when the machine cannot run it.
-fn start(ini: &str) -> Option<(PathBuf, MailRelay)> {
-    let python = require_deltachat()?;
-    let options = Options {
-        require_tls: true,
-        ..Options::default()
-    };
-    let mail = MailRelay::start_with(ini, NO_POSTFIX_LIMIT, &options, None)?;
-    Some((python, mail))
-}
 
 /// Writes the relay's parameters (and `extra`, `"key": value` JSON members) and runs
 /// `scenario` on them; panics with its output and the relay's logs unless it exits 0.
@@ -150,17 +38,7 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
     let relay = mail.relay();
     let vmail = relay.vmail();
     let (imap, smtp) = servers(mail);
-    let accounts_json: Vec<String> = accounts
-        .iter()
-        .map(|a| {
-            format!(
-                "{{\"addr\": {}, \"password\": {}, \"dclogin\": {}}}",
-                json_str(&a.addr),
-                json_str(&a.password),
-                json_str(&a.dclogin)
-            )
-        })
-        .collect();
+    let accounts_json: Vec<String> = accounts.iter().map(Account::json).collect();
     let root = workspace_root();
     let params = format!(
         "{{\n\
@@ -193,7 +71,7 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
         doveadm = json_str(DOVEADM),
         uid = vmail.uid.as_raw(),
         gid = vmail.gid.as_raw(),
-        rpc_server = json_path(&root.join(VENV).join("bin/deltachat-rpc-server")),
+        rpc_server = json_path(&rpc_server()),
         accounts_dir = json_path(&relay.path("deltachat-accounts")),
         accounts = accounts_json.join(", "),
         extra = if extra.is_empty() {
@@ -205,21 +83,11 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
     let params_path = relay.path("deltachat-params.json");
     std::fs::write(&params_path, params).expect("cannot write the scenario parameters");
 
-    let mut child = Command::new(python)
-        .arg(root.join(SCENARIOS))
-        .arg(&params_path)
-        .current_dir(relay.path(""))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {}: {err}", python.display()));
+    let mut child = spawn_scenario(python, &root.join(SCENARIOS), &params_path, &relay.path(""));
     let output = Arc::new(Mutex::new(String::new()));
     let readers = [
-        stream(child.stdout.take(), scenario, &output),
-        stream(child.stderr.take(), scenario, &output),
+        stream(child.stdout.take(), scenario, &output, |_| {}),
+        stream(child.stderr.take(), scenario, &output, |_| {}),
     ];
     let status = wait(&mut child, SCENARIO_TIMEOUT);
     for reader in readers {
@@ -237,45 +105,6 @@ fn run(python: &Path, mail: &MailRelay, scenario: &str, accounts: &[Account], ex
             mail.logs()
         ),
     }
-}
-
-/// Forwards `pipe` line by line to stderr (captured per test by the harness) and `all`.
-fn stream<R: Read + Send + 'static>(
-    pipe: Option<R>,
-    scenario: &str,
-    all: &Arc<Mutex<String>>,
-) -> JoinHandle<()> {
-    let prefix = scenario.to_string();
-    let all = all.clone();
-    std::thread::spawn(move || {
-        let Some(pipe) = pipe else {
-            return;
-        };
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else {
-                return;
-            };
-            eprintln!("[{prefix}] {line}");
-            if let Ok(mut all) = all.lock() {
-                all.push_str(&line);
-                all.push('\n');
-            }
-        }
-    })
-}
-
-/// Waits for `child` up to `timeout`; kills it (only it) and returns `None` after that.
-fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 #[test]

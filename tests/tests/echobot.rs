@@ -15,28 +15,24 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{JoinHandle, sleep};
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use chatmail_e2e::DOMAIN;
 use chatmail_e2e::binaries::workspace_root;
-use chatmail_e2e::dclogin::{DcLogin, Security, Server};
-use chatmail_e2e::relay::Options;
-use chatmail_e2e::{DOMAIN, MailRelay};
+use chatmail_e2e::deltachat::{
+    Account, json_path, json_str, rpc_server, spawn_scenario, start, stream, wait,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The venv scripts/install-deps creates, relative to the workspace root.
-const VENV: &str = ".venv-e2e";
 /// The scenario, relative to the workspace root.
 const SCENARIO: &str = "tests/deltachat/echobot.py";
-/// Postfix's `message_size_limit`: above filtermail's default `max_message_size`.
-const NO_POSTFIX_LIMIT: u64 = 64 * 1024 * 1024;
 /// How long the scenario may run before it is killed; each of its own waits is shorter.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(420);
 /// How long the bot may take from its start to its first IMAP login.
@@ -46,35 +42,6 @@ const BOT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// What a line of the scenario starts with when it asks for something.
 const CONTROL_PREFIX: &str = "@control ";
 const PASSWORD: &str = "echo-horse-9";
-
-/// The venv's Python with deltachat-rpc-client and the rpc server next to it, or `None`
-/// (after printing why) outside CI; in CI a missing venv panics, as a missing Dovecot does.
-fn require_deltachat() -> Option<PathBuf> {
-    let venv = workspace_root().join(VENV);
-    let python = venv.join("bin/python");
-    let server = venv.join("bin/deltachat-rpc-server");
-    let importable = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import deltachat_rpc_client"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-    if importable && server.exists() {
-        return Some(python);
-    }
-    let why = format!(
-        "{} lacks deltachat-rpc-client or deltachat-rpc-server (run scripts/install-deps)",
-        venv.display()
-    );
-    if std::env::var_os("CI").is_some_and(|value| !value.is_empty()) {
-        panic!("the Delta Chat venv is required in CI: {why}");
-    }
-    let test = std::thread::current().name().unwrap_or("test").to_string();
-    eprintln!("skipping {test}: {why}");
-    None
-}
 
 /// Builds the bot (once per process) the way the harness builds the daemons, and returns
 /// its executable; panics with cargo's output if the build fails.
@@ -221,96 +188,6 @@ impl Drop for BotProcess {
     }
 }
 
-/// A JSON string literal.
-fn json_str(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_path(path: &Path) -> String {
-    json_str(&path.display().to_string())
-}
-
-/// One account for the scenario: address, password and its `dclogin:` URL, as JSON.
-fn account_json(localpart: &str, imaps_port: u16, submissions_port: u16) -> String {
-    let addr = format!("{localpart}@{DOMAIN}");
-    let dclogin = DcLogin {
-        addr: addr.clone(),
-        password: PASSWORD.to_string(),
-        imap: Server {
-            host: "127.0.0.1".to_string(),
-            port: imaps_port,
-            security: Security::Tls,
-        },
-        smtp: Server {
-            host: "127.0.0.1".to_string(),
-            port: submissions_port,
-            security: Security::Tls,
-        },
-        // The relay's certificate is self-signed.
-        accept_invalid_certs: true,
-    }
-    .url();
-    format!(
-        "{{\"addr\": {}, \"password\": {}, \"dclogin\": {}}}",
-        json_str(&addr),
-        json_str(PASSWORD),
-        json_str(&dclogin)
-    )
-}
-
-/// Waits for `child` up to `timeout`; kills it (only it) and returns `None` after that.
-fn wait(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-/// Forwards `pipe` line by line to stderr and `all`; control lines also to `control`.
-fn stream<R: Read + Send + 'static>(
-    pipe: Option<R>,
-    all: &Arc<Mutex<String>>,
-    control: Option<Sender<String>>,
-) -> JoinHandle<()> {
-    let all = all.clone();
-    std::thread::spawn(move || {
-        let Some(pipe) = pipe else {
-            return;
-        };
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else {
-                return;
-            };
-            eprintln!("[echobot.py] {line}");
-            if let Ok(mut all) = all.lock() {
-                all.push_str(&line);
-                all.push('\n');
-            }
-            if let (Some(control), Some(request)) = (&control, line.strip_prefix(CONTROL_PREFIX)) {
-                let _ = control.send(request.to_string());
-            }
-        }
-    })
-}
-
 /// Writes `content` to `path` atomically (the scenario polls for the file).
 fn write_atomic(path: &Path, content: &str) {
     let tmp = path.with_extension("tmp");
@@ -380,14 +257,7 @@ impl Harness {
 
 #[test]
 fn delta_chat_joins_the_bot_and_gets_text_and_file_back_across_a_restart() {
-    let Some(python) = require_deltachat() else {
-        return;
-    };
-    let options = Options {
-        require_tls: true,
-        ..Options::default()
-    };
-    let Some(mail) = MailRelay::start_with("", NO_POSTFIX_LIMIT, &options, None) else {
+    let Some((python, mail)) = start("") else {
         return;
     };
     let relay = mail.relay();
@@ -421,7 +291,7 @@ fn delta_chat_joins_the_bot_and_gets_text_and_file_back_across_a_restart() {
     // The first joins with SecureJoin v3, the second with the legacy start.
     let accounts: Vec<String> = ["echouser1", "echouser2"]
         .iter()
-        .map(|localpart| account_json(localpart, imaps.port(), submissions.port()))
+        .map(|localpart| Account::new(&mail, localpart, PASSWORD).json())
         .collect();
     let root = workspace_root();
     let params = format!(
@@ -437,7 +307,7 @@ fn delta_chat_joins_the_bot_and_gets_text_and_file_back_across_a_restart() {
          }}\n",
         domain = json_str(DOMAIN),
         mailboxes = json_path(relay.mailboxes_dir()),
-        rpc_server = json_path(&root.join(VENV).join("bin/deltachat-rpc-server")),
+        rpc_server = json_path(&rpc_server()),
         accounts_dir = json_path(&relay.path("deltachat-accounts")),
         accounts = accounts.join(", "),
         link = json_str(&link),
@@ -446,22 +316,16 @@ fn delta_chat_joins_the_bot_and_gets_text_and_file_back_across_a_restart() {
     let params_path = relay.path("echobot-params.json");
     fs::write(&params_path, params).expect("cannot write the scenario parameters");
 
-    let mut child = Command::new(&python)
-        .arg(root.join(SCENARIO))
-        .arg(&params_path)
-        .current_dir(relay.path(""))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {}: {err}", python.display()));
+    let mut child = spawn_scenario(&python, &root.join(SCENARIO), &params_path, &relay.path(""));
     let output = Arc::new(Mutex::new(String::new()));
     let (control_tx, control_rx): (Sender<String>, Receiver<String>) = mpsc::channel();
     let readers = [
-        stream(child.stdout.take(), &output, Some(control_tx)),
-        stream(child.stderr.take(), &output, None),
+        stream(child.stdout.take(), "echobot.py", &output, move |line| {
+            if let Some(request) = line.strip_prefix(CONTROL_PREFIX) {
+                let _ = control_tx.send(request.to_string());
+            }
+        }),
+        stream(child.stderr.take(), "echobot.py", &output, |_| {}),
     ];
     let deadline = Instant::now() + SCENARIO_TIMEOUT;
     let outcome: Result<ExitStatus, String> = loop {
