@@ -261,6 +261,8 @@ impl DkimVerifier {
             return Err(DkimRejection::NoValidSignature);
         }
         let from_fields = count_fields(header_block, b"from");
+        // Strict parsing: signatures with `l=` do not count (upstream accepts them; content
+        // appended after the signed length would pass as signed).
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             return Err(DkimRejection::MalformedHeader);
         };

@@ -180,6 +180,26 @@ async fn tampered_messages_fail() {
 }
 
 #[tokio::test]
+async fn partial_body_signatures_do_not_count() {
+    let v = verifier(remote_org());
+    let key = Ed25519Key::from_pkcs8_der(&ed25519().pkcs).unwrap();
+    let signature = DkimSigner::from_key(key)
+        .domain("remote.org")
+        .selector("ed")
+        .headers(["From", "To", "Subject"])
+        .body_length(true)
+        .sign(&message("alice@remote.org"))
+        .unwrap();
+    let mut signed = signature.to_header().into_bytes();
+    assert!(signature.l > 0, "{signature:?}");
+    signed.extend_from_slice(&message("alice@remote.org"));
+    assert_eq!(
+        v.verify(&signed, "alice@remote.org").await,
+        Err(DkimRejection::NoValidSignature)
+    );
+}
+
+#[tokio::test]
 async fn from_domain_compared_case_insensitively() {
     let v = verifier(remote_org());
     let signed = sign(rsa2048(), "Remote.ORG", "rsa", &message("alice@REMOTE.org"));
