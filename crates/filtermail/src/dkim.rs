@@ -18,7 +18,7 @@ use mail_auth::common::crypto::Algorithm;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::hickory_resolver::TokioResolver;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::rr::RData;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DnsError, Error, MessageAuthenticator, Parameters,
@@ -93,6 +93,20 @@ impl SystemResolver {
             .map_err(|err| LookupError(err.to_string()))?;
         options.negative_max_ttl = Some(Duration::ZERO);
         options.timeout = options.timeout.min(LOOKUP_TIMEOUT);
+        Ok(SystemResolver(build_resolver(config, options)?))
+    }
+}
+
+impl SystemResolver {
+    /// One name server over UDP instead of `/etc/resolv.conf` (a local stub in tests).
+    pub fn with_nameserver(server: std::net::SocketAddr) -> Result<SystemResolver, LookupError> {
+        let mut name_server = NameServerConfig::udp(server.ip());
+        for connection in &mut name_server.connections {
+            connection.port = server.port();
+        }
+        let config = ResolverConfig::from_parts(None, Vec::new(), vec![name_server]);
+        let mut options = ResolverOpts::default();
+        options.negative_max_ttl = Some(Duration::ZERO);
         Ok(SystemResolver(build_resolver(config, options)?))
     }
 }

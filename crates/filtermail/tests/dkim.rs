@@ -418,3 +418,76 @@ async fn incoming_filter_without_verifier_skips_the_origin_check() {
     let reply = judge(&filter, encrypted("alice@remote.org")).await;
     assert!(reply.starts_with("451 4.4.1 Reinjection failed"), "{reply}");
 }
+
+// ------------------------------------------------------------ the hickory resolver
+
+/// `name` in DNS wire format.
+fn wire_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(u8::try_from(label.len()).unwrap());
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// A one-shot UDP name server: answers every query for `qname` with a CNAME to
+/// `t.remote.org` and that name's TXT record made of `strings`; serves `queries` queries.
+fn stub_dns(strings: Vec<Vec<u8>>, queries: usize) -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        for _ in 0..queries {
+            let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                return;
+            };
+            let query = &buf[..len];
+            // Header, then the question: name up to its 0 label, type and class.
+            let mut end = 12;
+            while query[end] != 0 {
+                end += 1 + usize::from(query[end]);
+            }
+            let question = &query[12..end + 5];
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&query[..2]); // ID
+            reply.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0]);
+            reply.extend_from_slice(question);
+            let target = wire_name("t.remote.org");
+            // qname CNAME t.remote.org
+            reply.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60]);
+            reply.extend_from_slice(&u16::try_from(target.len()).unwrap().to_be_bytes());
+            reply.extend_from_slice(&target);
+            // t.remote.org TXT "…" "…"
+            let rdata: Vec<u8> = strings
+                .iter()
+                .flat_map(|s| {
+                    let mut part = vec![u8::try_from(s.len()).unwrap()];
+                    part.extend_from_slice(s);
+                    part
+                })
+                .collect();
+            reply.extend_from_slice(&target);
+            reply.extend_from_slice(&[0, 16, 0, 1, 0, 0, 0, 60]);
+            reply.extend_from_slice(&u16::try_from(rdata.len()).unwrap().to_be_bytes());
+            reply.extend_from_slice(&rdata);
+            socket.send_to(&reply, peer).unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hickory_resolver_joins_strings_and_skips_cnames() {
+    use chatmail_filtermail::dkim::SystemResolver;
+    let record = rsa2048().record.clone().into_bytes();
+    let (head, tail) = record.split_at(record.len() / 2);
+    let server = stub_dns(vec![head.to_vec(), tail.to_vec()], 4);
+    let resolver = SystemResolver::with_nameserver(server).unwrap();
+    let records = resolver.txt("rsa._domainkey.remote.org.").await.unwrap();
+    assert_eq!(records, vec![record]);
+    let v = DkimVerifier::new(Arc::new(resolver)).unwrap();
+    let signed = sign(rsa2048(), "remote.org", "rsa", &message("alice@remote.org"));
+    assert_eq!(v.verify(&signed, "alice@remote.org").await, Ok(()));
+}
