@@ -22,13 +22,18 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use chatmail_bench_support::{
+    Daemon, cpu_seconds, machine_busy_seconds, mib, ms, notify_socket, percentile, print_preamble,
+    proc_status_kib, thousands, wait_ready,
+};
 
 const DOMAIN: &str = "chat.example.org";
 /// Accounts created on disk before the load; lookups pick among them at random.
@@ -38,8 +43,6 @@ const PASSWORD: &str = "benchpass123";
 const HELLO: &[u8] = b"H3\t2\t0\t\tauth\n";
 /// Bound on a single reply and on the daemon's start-up.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// /proc reports CPU times in USER_HZ, which is 100 on Linux.
-const USER_HZ: f64 = 100.0;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -119,19 +122,10 @@ struct TargetResult {
 }
 
 fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let seconds: f64 = match std::env::var("BENCH_SECONDS") {
-        Ok(s) => s
-            .parse()
-            .expect("BENCH_SECONDS must be a number of seconds"),
-        Err(_) if bench_mode => 5.0,
-        Err(_) => 0.2,
-    };
+    let bench_mode = chatmail_bench_support::bench_mode();
+    let seconds = chatmail_bench_support::scenario_seconds(bench_mode);
     let duration = Duration::from_secs_f64(seconds);
-    let upstream: Option<Vec<String>> = std::env::var("DOVEAUTH_BENCH_UPSTREAM")
-        .ok()
-        .map(|s| s.split_whitespace().map(str::to_owned).collect())
-        .filter(|v: &Vec<String>| !v.is_empty());
+    let upstream = chatmail_bench_support::upstream_command("DOVEAUTH_BENCH_UPSTREAM");
 
     print_header(bench_mode, seconds);
 
@@ -165,53 +159,12 @@ fn print_header(bench_mode: bool, seconds: f64) {
     } else {
         "cargo test -p doveauth --bench socket   (smoke run; use cargo bench for figures)"
     });
-    let argv: Vec<String> = std::env::args().collect();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| {
-            let secs = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            format!("{secs} s since the epoch")
-        });
-    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".to_owned());
-    let mem_total = proc_status_kib_of("/proc/meminfo", "MemTotal:").unwrap_or(0);
-    println!("# doveauth socket benchmark");
-    println!();
-    println!("- command: `{command}`");
-    println!("- argv: `{}`", argv.join(" "));
-    println!("- date: {date}");
-    println!(
-        "- machine: nproc {nproc}, {cpu}, {:.1} GiB RAM, Linux {kernel}",
-        mem_total as f64 / 1024.0 / 1024.0
-    );
-    println!("- load average at start: {}", read_trimmed("/proc/loadavg"));
+    print_preamble("doveauth socket benchmark", &command);
     println!(
         "- {seconds} s per scenario, {ACCOUNTS} pre-created accounts, one request in flight \
          per connection, load generator on the same cores"
     );
     println!();
-}
-
-fn read_trimmed(path: &str) -> String {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -269,28 +222,6 @@ enum Launch {
     Upstream(Vec<String>),
 }
 
-/// The daemon process; killed when dropped, so a panic leaves nothing running.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A temporary relay: chatmail.ini, mailboxes with [`ACCOUNTS`] accounts.
 struct Relay {
     dir: tempfile::TempDir,
@@ -342,8 +273,7 @@ impl Relay {
         match launch {
             Launch::Ours(bin) => {
                 let notify_path = self.path("notify");
-                let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-                notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let notify = notify_socket(&notify_path);
                 let child = Command::new(bin)
                     .arg(&socket)
                     .arg(&ini)
@@ -355,15 +285,8 @@ impl Relay {
                     .stderr(log)
                     .spawn()
                     .expect("start doveauth");
-                let daemon = Daemon { child };
-                let mut buf = [0u8; 256];
-                let n = notify.recv(&mut buf).unwrap_or_else(|err| {
-                    panic!(
-                        "no READY=1 from doveauth within {IO_TIMEOUT:?}: {err}\n{}",
-                        self.log()
-                    )
-                });
-                assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+                let daemon = Daemon::new(child);
+                wait_ready(&notify, "doveauth", || self.log());
                 let command = format!("{bin} SOCKET INI");
                 (daemon, command)
             }
@@ -377,7 +300,7 @@ impl Relay {
                     .stderr(log)
                     .spawn()
                     .unwrap_or_else(|err| panic!("start {cmd:?}: {err}"));
-                let mut daemon = Daemon { child };
+                let mut daemon = Daemon::new(child);
                 let deadline = Instant::now() + IO_TIMEOUT;
                 loop {
                     if UnixStream::connect(&socket).is_ok() {
@@ -437,57 +360,6 @@ fn run_target(label: &str, launch: Launch, duration: Duration) -> TargetResult {
         threads_at_end,
         scenarios,
     }
-}
-
-/// A numeric field of /proc/<pid>/status (kB for the Vm* fields).
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    proc_status_kib_of(&format!("/proc/{pid}/status"), key)
-}
-
-fn proc_status_kib_of(path: &str, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / USER_HZ
-}
-
-/// Busy CPU time of the whole machine (all of /proc/stat's `cpu` line but idle and
-/// iowait), in seconds.
-fn machine_busy_seconds() -> f64 {
-    let Ok(stat) = fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let ticks: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: f64 = ticks.iter().sum();
-    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
-    (total - idle) / USER_HZ
 }
 
 // ---------------------------------------------------------------------------------------
@@ -552,15 +424,6 @@ fn run_scenario(
         other_cores: ((machine_cpu - daemon_cpu - client_cpu) / elapsed.as_secs_f64()).max(0.0),
         rss_after_kib: proc_status_kib(pid, "VmRSS:").unwrap_or(0),
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn worker(
@@ -752,33 +615,4 @@ fn print_report(ours: &TargetResult, theirs: Option<&TargetResult>, hash: &HashC
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 1.0 {
-        format!("{ms:.3}")
-    } else if ms < 10.0 {
-        format!("{ms:.2}")
-    } else if ms < 100.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.0}")
-    }
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

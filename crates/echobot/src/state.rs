@@ -1,52 +1,17 @@
 //! Private files in the state directory: written atomically, readable only by the bot.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Replaces `path` with `content` atomically, the new file mode 0600 from its creation on
-/// (no moment where another user could open it). Same pattern as
-/// `chatmail_mailbox::write_atomic`: a `<name>.tmp-<n>` sibling, synced, renamed over
-/// `path`, removed again on any error.
+/// Replaces `path` with `content` atomically (`chatmail_mailbox::write_atomic`: a synced
+/// temporary sibling renamed over `path`), the new file mode 0600 from its creation on, so
+/// there is no moment where another user could open it.
 pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
-    write_private_io(path, content).map_err(|err| Error::io(path, err))
-}
-
-fn write_private_io(path: &Path, content: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
-        .to_string_lossy()
-        .into_owned();
-    let mut attempts = 0;
-    let (tmp, mut file) = loop {
-        let suffix: u32 = rand::random_range(0..=10_000_000);
-        let tmp = path.with_file_name(format!("{name}.tmp-{suffix}"));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
-            Ok(file) => break (tmp, file),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
-                attempts += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    };
-    let written = file
-        .write_all(content)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(err) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(err);
-    }
-    Ok(())
+    chatmail_mailbox::write_atomic_with_mode(path, content, 0o600)
+        .map_err(|err| Error::io(path, err))
 }
 
 /// Reads `path`, `None` if it does not exist.

@@ -33,9 +33,8 @@ mod pgp;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,10 +42,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use chatmail_bench_support::{
+    Daemon, cpu_model, cpu_seconds, date_utc, machine_busy_seconds, mib, ms, notify_socket, nproc,
+    percentile, proc_status_kib, read_trimmed, thousands, wait_ready,
+};
+
 /// Bound on each SMTP step and on filtermail's start-up.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// /proc reports CPU times in USER_HZ, which is 100 on Linux.
-const USER_HZ: f64 = 100.0;
 /// Longest wait for a quiet machine before a measurement.
 const QUIET_WAIT: Duration = Duration::from_secs(30);
 const SENDER: &str = pgp::ALICE;
@@ -98,14 +100,8 @@ struct Scenario<'a> {
 }
 
 fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let seconds: f64 = match std::env::var("BENCH_SECONDS") {
-        Ok(s) => s
-            .parse()
-            .expect("BENCH_SECONDS must be a number of seconds"),
-        Err(_) if bench_mode => 5.0,
-        Err(_) => 0.2,
-    };
+    let bench_mode = chatmail_bench_support::bench_mode();
+    let seconds = chatmail_bench_support::scenario_seconds(bench_mode);
     let only = std::env::var("BENCH_ONLY").ok();
     let duration = Duration::from_secs_f64(seconds);
     print_header(bench_mode, seconds);
@@ -251,23 +247,7 @@ fn print_header(bench_mode: bool, seconds: f64) {
     } else {
         "cargo test -p chatmail-filtermail --bench smtp   (smoke run; use cargo bench for figures)"
     });
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "?".to_owned());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".to_owned());
+    let (date, nproc, cpu) = (date_utc(), nproc(), cpu_model());
     println!("# filtermail SMTP benchmark (outgoing)");
     println!();
     println!("- command: `{command}`");
@@ -278,12 +258,6 @@ fn print_header(bench_mode: bool, seconds: f64) {
         "- {seconds} s per scenario; clients, sink and filtermail on the same cores; no pipelining"
     );
     println!();
-}
-
-fn read_trimmed(path: &str) -> String {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -371,28 +345,6 @@ async fn sink_session(
 // ---------------------------------------------------------------------------------------
 // filtermail
 
-/// The daemon process; killed when dropped, so a panic leaves nothing running.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A temporary chatmail.ini whose reinjection port is the sink; no send limit worth the
 /// name (the benchmark sends thousands of messages per second from one sender).
 struct Relay {
@@ -435,8 +387,7 @@ impl Relay {
     fn start(&self, bin: &str) -> Daemon {
         let log = fs::File::create(self.path("filtermail.log")).expect("log file");
         let notify_path = self.path("notify");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let notify = notify_socket(&notify_path);
         let child = Command::new(bin)
             .arg(self.path("chatmail.ini"))
             .arg("outgoing")
@@ -448,28 +399,14 @@ impl Relay {
             .stderr(log)
             .spawn()
             .expect("start filtermail");
-        let daemon = Daemon { child };
-        let mut buf = [0u8; 256];
-        let n = notify.recv(&mut buf).unwrap_or_else(|err| {
-            panic!(
-                "no READY=1 from filtermail within {IO_TIMEOUT:?}: {err}\n{}",
-                self.log()
-            )
-        });
-        assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+        let daemon = Daemon::new(child);
+        wait_ready(&notify, "filtermail", || self.log());
         daemon
     }
 
     fn log(&self) -> String {
         fs::read_to_string(self.path("filtermail.log")).unwrap_or_default()
     }
-}
-
-/// A numeric field of /proc/<pid>/status (kB for the Vm* fields).
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// Other people's builds share these cores: before each measurement, wait (at most
@@ -491,42 +428,6 @@ fn wait_for_quiet(bench_mode: bool) {
             return;
         }
     }
-}
-
-/// CPU seconds spent by the whole machine (all but idle and iowait), from /proc/stat.
-fn machine_busy_seconds() -> f64 {
-    let Ok(stat) = fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let fields: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: f64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
-    (total - idle) / USER_HZ
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / USER_HZ
 }
 
 // ---------------------------------------------------------------------------------------
@@ -767,15 +668,6 @@ async fn measure(
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---------------------------------------------------------------------------------------
 // Report
 
@@ -861,33 +753,4 @@ fn print_report(rows: &[Row<'_>], command: &str, seconds: f64) {
         mib(peak),
     );
     println!("- load average at end: {}", read_trimmed("/proc/loadavg"));
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 1.0 {
-        format!("{ms:.3}")
-    } else if ms < 10.0 {
-        format!("{ms:.2}")
-    } else if ms < 100.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.0}")
-    }
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -299,22 +299,36 @@ const SEQUOIA_FIXTURES: &[(&str, Made)] = &[
     ("seq-signed-only.eml", Made::SignedOnly),
 ];
 
-/// Regenerates the `seq-*.eml` fixtures (new keys and payloads, same shapes and verdicts).
+/// Regenerates the `seq-*.eml` fixtures (new keys and payloads, same shapes) and checks
+/// that each fresh message gets the verdicts of its committed counterpart. Written to a
+/// temp dir; with `WRITE_SEQUOIA_FIXTURES=1` over the committed files instead.
 #[test]
-#[ignore = "writes tests/fixtures/seq-*.eml; run with --ignored to regenerate them"]
-fn write_sequoia_fixtures() {
-    for &(name, made) in SEQUOIA_FIXTURES {
-        let (message, _) = made.build();
-        let path = Path::new(OURS).join(name);
+fn sequoia_fixtures_regenerate_with_the_committed_verdicts() {
+    let temp = tempfile::tempdir().unwrap();
+    let overwrite = std::env::var("WRITE_SEQUOIA_FIXTURES").as_deref() == Ok("1");
+    let target = if overwrite {
+        Path::new(OURS)
+    } else {
+        temp.path()
+    };
+    let mut written: Vec<(&str, Vec<u8>)> = SEQUOIA_FIXTURES
+        .iter()
+        .map(|&(name, made)| (name, made.build().0))
+        .collect();
+    written.push(("seq-autocrypt-setup.eml", pgp::autocrypt_setup_message(BOB)));
+    for (name, message) in &written {
+        let committed = std::fs::read(Path::new(OURS).join(name)).unwrap();
+        let path = target.join(name);
         let tmp = path.with_extension("eml.tmp");
-        std::fs::write(&tmp, &message).unwrap();
+        std::fs::write(&tmp, message).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
+        let fresh = std::fs::read(&path).unwrap();
+        assert_eq!(
+            verdicts(&fresh, "alice@example.org", "bob@example.org"),
+            verdicts(&committed, "alice@example.org", "bob@example.org"),
+            "{name}: a regenerated message must keep the committed one's verdicts"
+        );
     }
-    let asm = pgp::autocrypt_setup_message(BOB);
-    let path = Path::new(OURS).join("seq-autocrypt-setup.eml");
-    let tmp = path.with_extension("eml.tmp");
-    std::fs::write(&tmp, &asm).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
 }
 
 /// Upstream's fixtures, or `None` (after saying why) when they are not next to the

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -327,6 +327,12 @@ pub struct CreationLock {
 /// in 0..10^7) in the same directory, is synced, then renamed over `path`. On any error
 /// the temporary file is removed, so a full disk leaves the old file and no debris.
 pub fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
+    write_atomic_with_mode(path, content, 0o666)
+}
+
+/// [`write_atomic`] with the new file created with `mode` (still reduced by the umask),
+/// so that e.g. a private file is never readable by others, not even for a moment.
+pub fn write_atomic_with_mode(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
@@ -336,7 +342,12 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
     let (tmp, mut file) = loop {
         let suffix: u32 = rand::random_range(0..=10_000_000);
         let tmp = path.with_file_name(format!("{name}.tmp-{suffix}"));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
             Ok(file) => break (tmp, file),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempts < 16 => {
                 attempts += 1;

@@ -26,13 +26,18 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use chatmail_bench_support::{
+    Daemon, cpu_seconds, mib, ms, notify_socket, percentile, print_preamble, proc_status_kib,
+    thousands, wait_ready,
+};
 
 const DOMAIN: &str = "chat.example.org";
 /// Users of the devicetoken scenarios, spread over the connections.
@@ -46,8 +51,6 @@ const HELLO: &[u8] = b"H2\t2\t0\t\tmetadata\n";
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the wait for the notification queue to drain after the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// /proc reports CPU times in USER_HZ, which is 100 on Linux.
-const USER_HZ: f64 = 100.0;
 /// Upstream's figures (../shared/figures.md): connections, pairs/s, set p99 ms, get p99 ms.
 const UPSTREAM: &[(usize, f64, f64, f64)] = &[
     (1, 700.0, 2.1, 0.4),
@@ -76,21 +79,12 @@ fn pair_connections() -> Vec<usize> {
 }
 
 fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let seconds: f64 = match std::env::var("BENCH_SECONDS") {
-        Ok(s) => s
-            .parse()
-            .expect("BENCH_SECONDS must be a number of seconds"),
-        Err(_) if bench_mode => 5.0,
-        Err(_) => 0.2,
-    };
+    let bench_mode = chatmail_bench_support::bench_mode();
+    let seconds = chatmail_bench_support::scenario_seconds(bench_mode);
     let duration = Duration::from_secs_f64(seconds);
     print_header(bench_mode, seconds);
 
-    let upstream: Option<Vec<String>> = std::env::var("METADATA_BENCH_UPSTREAM")
-        .ok()
-        .map(|s| s.split_whitespace().map(str::to_owned).collect())
-        .filter(|v: &Vec<String>| !v.is_empty());
+    let upstream = chatmail_bench_support::upstream_command("METADATA_BENCH_UPSTREAM");
     let notify = std::env::var("BENCH_NOTIFY").as_deref() != Ok("0");
 
     let gateway = Gateway::start();
@@ -199,48 +193,13 @@ fn print_header(bench_mode: bool, seconds: f64) {
     } else {
         "cargo test -p chatmail-metadata --bench socket   (smoke run; use cargo bench for figures)"
     });
-    let argv: Vec<String> = std::env::args().collect();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "?".to_owned());
-    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".to_owned());
-    let mem_total = proc_status_kib_of("/proc/meminfo", "MemTotal:").unwrap_or(0);
-    println!("# chatmail-metadata socket benchmark");
-    println!();
-    println!("- command: `{command}`");
-    println!("- argv: `{}`", argv.join(" "));
-    println!("- date: {date}");
-    println!(
-        "- machine: nproc {nproc}, {cpu}, {:.1} GiB RAM, Linux {kernel}",
-        mem_total as f64 / 1024.0 / 1024.0
-    );
-    println!("- load average at start: {}", read_trimmed("/proc/loadavg"));
+    print_preamble("chatmail-metadata socket benchmark", &command);
     println!(
         "- {seconds} s per scenario, {USERS} users for the devicetoken pairs, {NOTIFY_USERS} \
          users with one token for messagenew, one request in flight per connection, load \
          generator and HTTP gateway on the same cores"
     );
     println!();
-}
-
-fn read_trimmed(path: &str) -> String {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,28 +280,6 @@ fn serve_http(stream: TcpStream, bodies: &AtomicU64) {
 // ---------------------------------------------------------------------------------------
 // Daemon
 
-/// The daemon process; killed when dropped, so a panic leaves nothing running.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A temporary relay: chatmail.ini and the maildirs of every user.
 struct Relay {
     dir: tempfile::TempDir,
@@ -384,8 +321,7 @@ impl Relay {
         let ini = self.path("chatmail.ini");
         let log = fs::File::create(self.path("daemon.log")).expect("daemon log");
         let notify_path = self.path("notify");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let notify = notify_socket(&notify_path);
         let mut command = match launch {
             Launch::Ours(bin) => Command::new(bin),
             Launch::Upstream(cmd) => {
@@ -405,17 +341,10 @@ impl Relay {
             .stderr(log)
             .spawn()
             .expect("start the daemon");
-        let mut daemon = Daemon { child };
+        let mut daemon = Daemon::new(child);
         match launch {
             Launch::Ours(_) => {
-                let mut buf = [0u8; 256];
-                let n = notify.recv(&mut buf).unwrap_or_else(|err| {
-                    panic!(
-                        "no READY=1 from chatmail-metadata within {IO_TIMEOUT:?}: {err}\n{}",
-                        self.log()
-                    )
-                });
-                assert_eq!(buf[..n].trim_ascii(), b"READY=1");
+                wait_ready(&notify, "chatmail-metadata", || self.log());
             }
             Launch::Upstream(_) => {
                 let deadline = Instant::now() + IO_TIMEOUT;
@@ -443,35 +372,6 @@ fn pair_user(i: usize) -> String {
 
 fn notify_user(i: usize) -> String {
     format!("n{i:06}@{DOMAIN}")
-}
-
-/// A numeric field of /proc/<pid>/status (kB for the Vm* fields).
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    proc_status_kib_of(&format!("/proc/{pid}/status"), key)
-}
-
-fn proc_status_kib_of(path: &str, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(path).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let Ok(stat) = fs::read_to_string(stat_path) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / USER_HZ
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,15 +492,6 @@ fn measure(pid: u32, n: usize, work: impl Fn(usize, &Barrier) -> WorkerResult + 
         client_cores: client_cpu / elapsed.as_secs_f64(),
         rss_after_kib: proc_status_kib(pid, "VmRSS:").unwrap_or(0),
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Scenario 1: a devicetoken SET transaction then a LOOKUP of the same user, repeated;
@@ -926,33 +817,4 @@ fn ratio(reference_ms: f64, measured: Duration) -> String {
         "{:.1}x",
         reference_ms / (measured.as_secs_f64() * 1000.0).max(1e-9)
     )
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 1.0 {
-        format!("{ms:.3}")
-    } else if ms < 10.0 {
-        format!("{ms:.2}")
-    } else if ms < 100.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.0}")
-    }
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
