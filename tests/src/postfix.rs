@@ -123,6 +123,8 @@ pub struct MailRelay {
     filtermail_incoming: Option<Child>,
     /// Detached: Drop stops nothing.
     detached: bool,
+    /// Whether filtermail incoming verifies DKIM (otherwise `FILTERMAIL_SKIP_DKIM=1`).
+    verify_dkim: bool,
     /// Declared last: dropped after the processes above are stopped.
     relay: Relay,
 }
@@ -147,6 +149,29 @@ impl MailRelay {
         options: &Options,
         ports: Option<Ports>,
     ) -> Option<MailRelay> {
+        MailRelay::start_full(extra_ini, message_size_limit, options, ports, false)
+    }
+
+    /// Like [`MailRelay::start`], but filtermail incoming verifies DKIM as in production.
+    /// Every other start sets `FILTERMAIL_SKIP_DKIM=1` for it, as upstream's tests do:
+    /// test mail from `example.org` cannot carry a signature whose key DNS publishes.
+    pub fn start_verifying_dkim(extra_ini: &str, message_size_limit: u64) -> Option<MailRelay> {
+        MailRelay::start_full(
+            extra_ini,
+            message_size_limit,
+            &Options::default(),
+            None,
+            true,
+        )
+    }
+
+    fn start_full(
+        extra_ini: &str,
+        message_size_limit: u64,
+        options: &Options,
+        ports: Option<Ports>,
+        verify_dkim: bool,
+    ) -> Option<MailRelay> {
         require_postfix()?;
         let ports = ports.unwrap_or_else(Ports::free);
         let ini = format!(
@@ -168,6 +193,7 @@ impl MailRelay {
             master: None,
             filtermail: None,
             filtermail_incoming: None,
+            verify_dkim,
             detached: false,
             relay,
         };
@@ -346,7 +372,7 @@ impl MailRelay {
         };
         let mut command = Command::new(&binaries().filtermail);
         self.relay.own_group(&mut command);
-        let mut child = command
+        command
             .arg(self.relay.path("chatmail.ini"))
             .arg(mode)
             .uid(uid.as_raw())
@@ -354,6 +380,11 @@ impl MailRelay {
             .current_dir(self.relay.path(""))
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("FILTERMAIL_SKIP_DKIM");
+        if mode == "incoming" && !self.verify_dkim {
+            command.env("FILTERMAIL_SKIP_DKIM", "1");
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cannot clone a filtermail log"))
             .stderr(log)

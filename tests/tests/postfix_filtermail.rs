@@ -283,6 +283,39 @@ fn incoming_encrypted_arrives_and_plain_is_refused_with_523() {
         "{}",
         mail.logs()
     );
+    // The test relay's mail from example.org cannot be signed with a published key.
+    assert!(
+        mail.filtermail_incoming_log()
+            .contains("DKIM verification DISABLED! This should not be used in production."),
+        "{}",
+        mail.logs()
+    );
+}
+
+#[test]
+fn incoming_without_dkim_signature_is_refused_with_554() {
+    let Some(mail) = MailRelay::start_verifying_dkim(INI, NO_POSTFIX_LIMIT) else {
+        return;
+    };
+    let bob = mail.create_account("bob000009", PASSWORD);
+    let remote = "carol@example.org";
+    // Encrypted, so only the origin check can refuse it.
+    let sent = receive(&mail, remote, &bob, &encrypted(remote, &bob));
+    assert_eq!(sent.step, ".", "{sent}\n{}", mail.logs());
+    assert_eq!(sent.reply.code, 554, "{sent}\n{}", mail.logs());
+    assert!(
+        sent.reply.text.contains("No DKIM signature found"),
+        "{sent}\n{}",
+        mail.logs()
+    );
+    // A domain-literal sender is not checked.
+    let literal = "carol@[192.0.2.1]";
+    let sent = receive(&mail, literal, &bob, &encrypted(literal, &bob));
+    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
+    let message = delivered_one(&mail, &bob);
+    assert!(message.contains(literal), "{message}");
+    let log = mail.filtermail_incoming_log();
+    assert!(!log.contains("DKIM verification DISABLED"), "{log}");
 }
 
 #[test]

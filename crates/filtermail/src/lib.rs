@@ -1,11 +1,12 @@
 //! filtermail: the before-queue SMTP filter of a chatmail relay, a drop-in for upstream's
-//! filtermail (0.7.4 dialect, without DKIM verification and transport mode).
+//! filtermail (0.7.4 dialect, without transport mode).
 //!
 //! Postfix hands every submitted (`outgoing`) and every received (`incoming`) message to
 //! this filter over SMTP (`smtpd_proxy_filter`). Cleartext is refused unless an exemption
-//! applies, outgoing senders are rate-limited, and accepted mail is reinjected into Postfix.
+//! applies, outgoing senders are rate-limited, incoming mail must carry a DKIM signature of
+//! its `From:` domain, and accepted mail is reinjected into Postfix.
 //!
-//! Where things are: [`check`] (the policy, pure), [`openpgp`] (armor and packet walk),
+//! Where things are: [`check`] (the policy, pure), [`dkim`] (the origin check), [`openpgp`] (armor and packet walk),
 //! [`mime`] (the MIME walker), [`address`], [`command`] (SMTP command lines),
 //! [`limiter`] (GCRA), [`server`] (sockets), [`reinject`] (SMTP client to Postfix).
 
@@ -14,6 +15,7 @@
 pub mod address;
 pub mod check;
 pub mod command;
+pub mod dkim;
 pub mod limiter;
 pub mod mime;
 pub mod openpgp;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use chatmail_config::Config;
 use chatmail_mailbox::Mailboxes;
+use dkim::{DkimVerifier, SystemResolver};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
@@ -43,6 +46,8 @@ pub enum FiltermailError {
     Runtime(std::io::Error),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("setting up the DNS resolver: {0}")]
+    Resolver(dkim::LookupError),
 }
 
 /// Everything a connection needs, shared by all connections of one listener.
@@ -59,10 +64,14 @@ pub struct Filter {
     pub reinject: ReinjectTarget,
     /// Timeouts and the connection cap.
     pub limits: Limits,
+    /// Incoming only: the DKIM origin check; `None` skips it (`FILTERMAIL_SKIP_DKIM`, and
+    /// always outgoing).
+    pub dkim: Option<Arc<DkimVerifier>>,
 }
 
 impl Filter {
-    /// The filter for `direction` as chatmail.ini configures it.
+    /// The filter for `direction` as chatmail.ini configures it, without DKIM
+    /// verification (the caller sets [`Filter::dkim`]).
     pub fn from_config(config: &Config, direction: Direction) -> Filter {
         let (limiter, reinject_port) = match direction {
             Direction::Outgoing => (
@@ -84,6 +93,7 @@ impl Filter {
                 timeout: Duration::from_secs(60),
             },
             limits: Limits::default(),
+            dkim: None,
         }
     }
 }
@@ -96,6 +106,9 @@ pub fn listen_port(config: &Config, direction: Direction) -> u16 {
     }
 }
 
+/// The environment variable that turns DKIM verification off (tests only).
+pub const SKIP_DKIM: &str = "FILTERMAIL_SKIP_DKIM";
+
 /// Runs the daemon until SIGTERM/SIGINT: binds 127.0.0.1, logs `entering serving loop`,
 /// notifies systemd, serves.
 pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), FiltermailError> {
@@ -105,11 +118,28 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
         .map_err(FiltermailError::Runtime)?;
     runtime.block_on(async {
         let shutdown = chatmail_daemon::shutdown_signal().map_err(FiltermailError::Signals)?;
+        let dkim = match direction {
+            Direction::Outgoing => None,
+            Direction::Incoming if dkim::skip_requested(std::env::var_os(SKIP_DKIM).as_deref()) => {
+                // Before the serving-loop line, as upstream (relay's blackbox test skips it).
+                tracing::warn!(
+                    "DKIM verification DISABLED! This should not be used in production."
+                );
+                None
+            }
+            Direction::Incoming => {
+                let resolver = SystemResolver::new().map_err(FiltermailError::Resolver)?;
+                let verifier =
+                    DkimVerifier::new(Arc::new(resolver)).map_err(FiltermailError::Resolver)?;
+                Some(Arc::new(verifier))
+            }
+        };
         let port = listen_port(config, direction);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await
             .map_err(|source| FiltermailError::Bind { port, source })?;
-        // Must be the first line: relay's blackbox test waits for a line with "loop".
+        // Must be the first line after the optional DKIM warning: relay's blackbox test
+        // waits for a line with "loop".
         tracing::info!("entering serving loop");
         // Config warnings come after it for the same reason.
         for warning in config
@@ -127,7 +157,10 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
             );
         }
         chatmail_daemon::notify_ready();
-        let filter = Arc::new(Filter::from_config(config, direction));
+        let filter = Arc::new(Filter {
+            dkim,
+            ..Filter::from_config(config, direction)
+        });
         server::serve(listener, filter, shutdown).await;
         chatmail_daemon::notify_stopping();
         Ok(())

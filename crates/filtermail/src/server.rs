@@ -407,8 +407,10 @@ impl Filter {
         let envelope = Envelope { sender, recipients };
         let direction = self.direction;
         let mailboxes = self.mailboxes.clone();
-        // Parsing tens of megabytes and stat()ing marker files must not stall the
-        // runtime's other connections.
+        let dkim = self.dkim.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Parsing and hashing tens of megabytes and stat()ing marker files must not stall
+        // the runtime's other connections; the key lookups run on the runtime meanwhile.
         let judged = tokio::task::spawn_blocking(move || {
             let verdict = check(&data, &envelope, direction, |rcpt| {
                 mailboxes
@@ -416,10 +418,18 @@ impl Filter {
                     .map(|user| user.is_incoming_cleartext_ok())
                     .unwrap_or(false)
             });
-            (verdict, envelope, data)
+            // The origin check comes after the encryption check (0.5.2): a cleartext
+            // message to a recipient who wants encryption gets 523 whatever its DKIM.
+            let origin = match (&verdict.outcome, &verdict.from, &dkim) {
+                (Outcome::Accept(_), Some(from), Some(dkim)) => {
+                    runtime.block_on(dkim.verify(&data, from))
+                }
+                _ => Ok(()),
+            };
+            (verdict, origin, envelope, data)
         })
         .await;
-        let Ok((verdict, envelope, data)) = judged else {
+        let Ok((verdict, origin, envelope, data)) = judged else {
             return "451 4.3.0 Local error in processing".to_owned();
         };
         for line in verdict.log_lines(direction) {
@@ -430,6 +440,12 @@ impl Filter {
         }
         if let Outcome::Reject(rejection) = &verdict.outcome {
             return rejection.reply();
+        }
+        if let Err(rejection) = origin {
+            let from = verdict.from.as_deref().unwrap_or("");
+            let reply = rejection.reply();
+            tracing::warn!("Rejected mail from {from} failing the origin check: {reply}");
+            return reply.to_owned();
         }
         let sender = if verdict.blank_sender {
             ""

@@ -54,6 +54,7 @@ async fn accept_error_is_retried_not_fatal() {
             timeout: Duration::from_secs(1),
         },
         limits: Limits::default(),
+        dkim: None,
     };
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     // Room for exactly one more descriptor: the client's socket. The server's accept()

@@ -50,8 +50,10 @@ impl Drop for Daemon {
     }
 }
 
-#[test]
-fn serves_on_the_configured_port_after_the_loop_line() {
+/// Starts `filtermail INI incoming` with `FILTERMAIL_SKIP_DKIM` set to `skip_dkim` (or
+/// unset), sends one unsigned cleartext message; returns the first `log_lines` stderr lines
+/// and the SMTP replies.
+fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // Postfix stand-in that refuses everything, so the reply proves reinjection happened.
@@ -74,25 +76,26 @@ fn serves_on_the_configured_port_after_the_loop_line() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .arg(&ini)
         .arg("incoming")
         .env("RUST_LOG", "info")
         .env_remove("JOURNAL_STREAM")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env_remove("FILTERMAIL_SKIP_DKIM")
+        .stderr(Stdio::piped());
+    if let Some(value) = skip_dkim {
+        command.env("FILTERMAIL_SKIP_DKIM", value);
+    }
+    let mut child = command.spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let daemon = Daemon(child);
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert_eq!(first, "entering serving loop\n");
-    let mut second = String::new();
-    stderr.read_line(&mut second).unwrap();
-    assert!(
-        second.starts_with("WARNING: passthrough_recipients is ignored"),
-        "{second}"
-    );
+    let mut lines = Vec::new();
+    for _ in 0..log_lines {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
 
     let mut smtp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     smtp.set_read_timeout(Some(Duration::from_secs(10)))
@@ -104,12 +107,50 @@ fn serves_on_the_configured_port_after_the_loop_line() {
     .unwrap();
     let mut replies = String::new();
     smtp.read_to_string(&mut replies).unwrap();
-    assert_eq!(
-        replies,
-        "220 filtermail SMTP\r\n250-filtermail\r\n250-8BITMIME\r\n250 OK\r\n250 OK\r\n250 OK\r\n\
-         354 End data with <CR><LF>.<CR><LF>\r\n554 5.3.0 sink closed\r\n221 OK\r\n"
-    );
     drop(daemon);
+    (lines, replies)
+}
+
+fn replies_ending(last: &str) -> String {
+    format!(
+        "220 filtermail SMTP\r\n250-filtermail\r\n250-8BITMIME\r\n250 OK\r\n250 OK\r\n250 OK\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n{last}\r\n221 OK\r\n"
+    )
+}
+
+#[test]
+fn serves_on_the_configured_port_after_the_loop_line() {
+    // Cleartext is allowed for b@ (no marker), but the message has no DKIM signature.
+    let (lines, replies) = serve_one_incoming(None, 2);
+    assert_eq!(lines[0], "entering serving loop\n");
+    assert!(
+        lines[1].starts_with("WARNING: passthrough_recipients is ignored"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(replies, replies_ending("554 5.7.1 No DKIM signature found"));
+}
+
+#[test]
+fn skip_dkim_warns_first_and_reinjects_unsigned_mail() {
+    for value in ["1", "true", "TRUE"] {
+        let (lines, replies) = serve_one_incoming(Some(value), 3);
+        assert_eq!(
+            lines[0],
+            "WARNING: DKIM verification DISABLED! This should not be used in production.\n"
+        );
+        assert_eq!(lines[1], "entering serving loop\n");
+        assert!(
+            lines[2].starts_with("WARNING: passthrough_recipients"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(replies, replies_ending("554 5.3.0 sink closed"), "{value}");
+    }
+    // Any other value keeps the check on.
+    let (lines, replies) = serve_one_incoming(Some("yes"), 1);
+    assert_eq!(lines[0], "entering serving loop\n");
+    assert_eq!(replies, replies_ending("554 5.7.1 No DKIM signature found"));
 }
 
 #[test]

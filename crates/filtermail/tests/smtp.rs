@@ -178,6 +178,7 @@ struct Options {
     max_message_size: u64,
     burst: u32,
     limits: Limits,
+    dkim: Option<Arc<chatmail_filtermail::dkim::DkimVerifier>>,
 }
 
 impl Options {
@@ -188,6 +189,7 @@ impl Options {
             max_message_size: 1_000_000,
             burst: 10,
             limits: Limits::default(),
+            dkim: None,
         }
     }
 }
@@ -205,6 +207,7 @@ async fn start_filter(options: Options) -> Setup {
             timeout: Duration::from_secs(5),
         },
         limits: options.limits,
+        dkim: options.dkim,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -759,6 +762,7 @@ async fn shutdown_stops_accepting() {
             timeout: Duration::from_secs(5),
         },
         limits: Limits::default(),
+        dkim: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, Arc::new(filter), async {
