@@ -5,10 +5,11 @@
 //!
 //! Linux only (it reads `/proc`); used as a dev-dependency, never by a daemon.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,27 @@ pub fn scenario_seconds(bench_mode: bool) -> f64 {
         Err(_) if bench_mode => 5.0,
         Err(_) => 0.2,
     }
+}
+
+/// The command line that reproduces this run, for the report: the environment variables
+/// among `vars` that are set (`VAR=value `), then `cargo bench <target>` (or, for the smoke
+/// run, `cargo test <target>` with a note), `target` being e.g. `-p doveauth --bench socket`.
+pub fn command_line(bench_mode: bool, vars: &[&str], target: &str) -> String {
+    let mut command = String::new();
+    for var in vars {
+        if let Ok(value) = std::env::var(var) {
+            let _ = write!(command, "{var}={value} ");
+        }
+    }
+    if bench_mode {
+        let _ = write!(command, "cargo bench {target}");
+    } else {
+        let _ = write!(
+            command,
+            "cargo test {target}   (smoke run; use cargo bench for figures)"
+        );
+    }
+    command
 }
 
 /// An upstream command prefix from the environment variable `var`, split on whitespace;
@@ -77,6 +99,31 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `command` as a daemon that reports readiness: `NOTIFY_SOCKET` set to
+/// `notify_path`, `JOURNAL_STREAM` and `RUST_LOG` removed, stdin and stdout on /dev/null,
+/// stderr into `log`.
+///
+/// # Panics
+///
+/// When the process cannot be started (naming it `name`).
+pub fn spawn_notifying(
+    command: &mut Command,
+    notify_path: &Path,
+    log: fs::File,
+    name: &str,
+) -> Daemon {
+    let child = command
+        .env("NOTIFY_SOCKET", notify_path)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {name}: {err}"));
+    Daemon::new(child)
 }
 
 /// A datagram socket at `path` to pass to a daemon as `NOTIFY_SOCKET`, with a read

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use chatmail_bench_support::{
     Daemon, cpu_seconds, machine_busy_seconds, mib, ms, notify_socket, percentile, print_preamble,
-    proc_status_kib, thousands, wait_ready,
+    proc_status_kib, spawn_notifying, thousands, wait_ready,
 };
 
 const DOMAIN: &str = "chat.example.org";
@@ -148,17 +148,11 @@ fn main() {
 // Header
 
 fn print_header(bench_mode: bool, seconds: f64) {
-    let mut command = String::new();
-    for var in ["BENCH_SECONDS", "BENCH_DIR", "DOVEAUTH_BENCH_UPSTREAM"] {
-        if let Ok(value) = std::env::var(var) {
-            let _ = write!(command, "{var}={value} ");
-        }
-    }
-    command.push_str(if bench_mode {
-        "cargo bench -p doveauth --bench socket"
-    } else {
-        "cargo test -p doveauth --bench socket   (smoke run; use cargo bench for figures)"
-    });
+    let command = chatmail_bench_support::command_line(
+        bench_mode,
+        &["BENCH_SECONDS", "BENCH_DIR", "DOVEAUTH_BENCH_UPSTREAM"],
+        "-p doveauth --bench socket",
+    );
     print_preamble("doveauth socket benchmark", &command);
     println!(
         "- {seconds} s per scenario, {ACCOUNTS} pre-created accounts, one request in flight \
@@ -274,18 +268,12 @@ impl Relay {
             Launch::Ours(bin) => {
                 let notify_path = self.path("notify");
                 let notify = notify_socket(&notify_path);
-                let child = Command::new(bin)
-                    .arg(&socket)
-                    .arg(&ini)
-                    .env("NOTIFY_SOCKET", &notify_path)
-                    .env_remove("JOURNAL_STREAM")
-                    .env_remove("RUST_LOG")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("start doveauth");
-                let daemon = Daemon::new(child);
+                let daemon = spawn_notifying(
+                    Command::new(bin).arg(&socket).arg(&ini),
+                    &notify_path,
+                    log,
+                    "doveauth",
+                );
                 wait_ready(&notify, "doveauth", || self.log());
                 let command = format!("{bin} SOCKET INI");
                 (daemon, command)

@@ -34,7 +34,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use chatmail_bench_support::{
     Daemon, cpu_model, cpu_seconds, date_utc, machine_busy_seconds, mib, ms, notify_socket, nproc,
-    percentile, proc_status_kib, read_trimmed, thousands, wait_ready,
+    percentile, proc_status_kib, read_trimmed, spawn_notifying, thousands, wait_ready,
 };
 
 /// Bound on each SMTP step and on filtermail's start-up.
@@ -388,18 +388,14 @@ impl Relay {
         let log = fs::File::create(self.path("filtermail.log")).expect("log file");
         let notify_path = self.path("notify");
         let notify = notify_socket(&notify_path);
-        let child = Command::new(bin)
-            .arg(self.path("chatmail.ini"))
-            .arg("outgoing")
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start filtermail");
-        let daemon = Daemon::new(child);
+        let daemon = spawn_notifying(
+            Command::new(bin)
+                .arg(self.path("chatmail.ini"))
+                .arg("outgoing"),
+            &notify_path,
+            log,
+            "filtermail",
+        );
         wait_ready(&notify, "filtermail", || self.log());
         daemon
     }

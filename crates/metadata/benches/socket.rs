@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use chatmail_bench_support::{
     Daemon, cpu_seconds, mib, ms, notify_socket, percentile, print_preamble, proc_status_kib,
-    thousands, wait_ready,
+    spawn_notifying, thousands, wait_ready,
 };
 
 const DOMAIN: &str = "chat.example.org";
@@ -176,23 +176,17 @@ fn run_target(launch: Launch, gateway: &Gateway, duration: Duration, notify: boo
 // Header
 
 fn print_header(bench_mode: bool, seconds: f64) {
-    let mut command = String::new();
-    for var in [
-        "BENCH_SECONDS",
-        "BENCH_CONNECTIONS",
-        "BENCH_DIR",
-        "BENCH_NOTIFY",
-        "METADATA_BENCH_UPSTREAM",
-    ] {
-        if let Ok(value) = std::env::var(var) {
-            let _ = write!(command, "{var}={value} ");
-        }
-    }
-    command.push_str(if bench_mode {
-        "cargo bench -p chatmail-metadata --bench socket"
-    } else {
-        "cargo test -p chatmail-metadata --bench socket   (smoke run; use cargo bench for figures)"
-    });
+    let command = chatmail_bench_support::command_line(
+        bench_mode,
+        &[
+            "BENCH_SECONDS",
+            "BENCH_CONNECTIONS",
+            "BENCH_DIR",
+            "BENCH_NOTIFY",
+            "METADATA_BENCH_UPSTREAM",
+        ],
+        "-p chatmail-metadata --bench socket",
+    );
     print_preamble("chatmail-metadata socket benchmark", &command);
     println!(
         "- {seconds} s per scenario, {USERS} users for the devicetoken pairs, {NOTIFY_USERS} \
@@ -330,18 +324,12 @@ impl Relay {
                 command
             }
         };
-        let child = command
-            .arg(&socket)
-            .arg(&ini)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the daemon");
-        let mut daemon = Daemon::new(child);
+        let mut daemon = spawn_notifying(
+            command.arg(&socket).arg(&ini),
+            &notify_path,
+            log,
+            "the daemon",
+        );
         match launch {
             Launch::Ours(_) => {
                 wait_ready(&notify, "chatmail-metadata", || self.log());
