@@ -93,13 +93,13 @@ impl TokenStore {
 
     /// Adds (or refreshes) `token` for `addr` at `now`. Blocking: takes the file lock.
     pub fn add_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        self.modify_tokens(addr, now, Wait::Yes, insert_token(token, now))
+        self.modify_tokens(addr, now, Wait::Yes, TokenChange::Insert.apply(token, now))
             .map(|_| ())
     }
 
     /// Removes `token` of `addr` (the notification server answered 410). Blocking.
     pub fn remove_token(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        self.modify_tokens(addr, now, Wait::Yes, delete_token(token))
+        self.modify_tokens(addr, now, Wait::Yes, TokenChange::Delete.apply(token, now))
             .map(|_| ())
     }
 
@@ -140,33 +140,29 @@ impl TokenStore {
     /// [`TokenStore::add_token`] without blocking the runtime on the lock, nor on a slow
     /// file system (see [`Pace`]).
     pub async fn add(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
-        let done = self
-            .pace
-            // The replaced file is closed inside, so the pace counts its cost.
-            .run_in_task(|| {
-                self.modify_tokens(addr, now, Wait::No, insert_token(token, now))
-                    .map(|done| done.map(|(written, _retired)| written))
-            });
-        if let Some(done) = done
-            && done?.is_some()
-        {
-            return Ok(());
-        }
-        let (addr, token) = (addr.to_owned(), token.to_owned());
-        self.modify_on_pool(move |store| {
-            store.modify_tokens(&addr, now, Wait::Yes, insert_token(&token, now))
-        })
-        .await
+        self.change(addr, token, now, TokenChange::Insert).await
     }
 
     /// [`TokenStore::remove_token`] without blocking the runtime on the lock, nor on a
     /// slow file system.
     pub async fn remove(&self, addr: &str, token: &str, now: i64) -> Result<(), MetadataError> {
+        self.change(addr, token, now, TokenChange::Delete).await
+    }
+
+    /// `change` of `token`: in the task when the pace allows and the lock is free, else on
+    /// the blocking pool.
+    async fn change(
+        &self,
+        addr: &str,
+        token: &str,
+        now: i64,
+        change: TokenChange,
+    ) -> Result<(), MetadataError> {
         let done = self
             .pace
             // The replaced file is closed inside, so the pace counts its cost.
             .run_in_task(|| {
-                self.modify_tokens(addr, now, Wait::No, delete_token(token))
+                self.modify_tokens(addr, now, Wait::No, change.apply(token, now))
                     .map(|done| done.map(|(written, _retired)| written))
             });
         if let Some(done) = done
@@ -176,7 +172,7 @@ impl TokenStore {
         }
         let (addr, token) = (addr.to_owned(), token.to_owned());
         self.modify_on_pool(move |store| {
-            store.modify_tokens(&addr, now, Wait::Yes, delete_token(&token))
+            store.modify_tokens(&addr, now, Wait::Yes, change.apply(&token, now))
         })
         .await
     }
@@ -269,18 +265,29 @@ impl TokenStore {
     }
 }
 
-fn insert_token(token: &str, now: i64) -> impl FnOnce(&mut Map<String, Value>) + '_ {
-    move |tokens| {
-        // With preserve_order an existing key keeps its position: a refresh does not
-        // reorder the tokens, as in Python's dict.
-        tokens.insert(token.to_owned(), Value::from(now));
-    }
+/// What a SET or a 410 does to a user's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenChange {
+    /// Add the token, or refresh its time.
+    Insert,
+    /// Remove the token.
+    Delete,
 }
 
-fn delete_token(token: &str) -> impl FnOnce(&mut Map<String, Value>) + '_ {
-    move |tokens| {
-        // shift_remove keeps the order of the others, as Python's `del` does.
-        tokens.shift_remove(token);
+impl TokenChange {
+    /// The edit of the `devicetoken` map for `token` at `now`.
+    fn apply(self, token: &str, now: i64) -> impl FnOnce(&mut Map<String, Value>) + '_ {
+        move |tokens| match self {
+            // With preserve_order an existing key keeps its position: a refresh does not
+            // reorder the tokens, as in Python's dict.
+            TokenChange::Insert => {
+                tokens.insert(token.to_owned(), Value::from(now));
+            }
+            // shift_remove keeps the order of the others, as Python's `del` does.
+            TokenChange::Delete => {
+                tokens.shift_remove(token);
+            }
+        }
     }
 }
 
@@ -681,7 +688,7 @@ mod tests {
         let held = lock_exclusive(&lock_path, Wait::Yes).unwrap().unwrap();
         assert!(lock_exclusive(&lock_path, Wait::No).unwrap().is_none());
         let done = store
-            .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
+            .modify_tokens(ADDR, NOW, Wait::No, TokenChange::Insert.apply("b", NOW))
             .unwrap();
         assert!(done.is_none());
         // Reading needs no lock; an expired token to drop would.
@@ -697,7 +704,7 @@ mod tests {
         drop(held);
         assert_eq!(
             store
-                .modify_tokens(ADDR, NOW, Wait::No, insert_token("b", NOW))
+                .modify_tokens(ADDR, NOW, Wait::No, TokenChange::Insert.apply("b", NOW))
                 .unwrap()
                 .map(|(written, _)| written),
             Some(Written::Replaced)
@@ -712,18 +719,18 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let (dir, store) = store();
         let (written, retired) = store
-            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("a", NOW))
+            .modify_tokens(ADDR, NOW, Wait::Yes, TokenChange::Insert.apply("a", NOW))
             .unwrap()
             .unwrap();
         assert_eq!(written, Written::Replaced);
         assert!(retired._file.is_none(), "there was no file to replace");
         let (_, retired) = store
-            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("a", NOW))
+            .modify_tokens(ADDR, NOW, Wait::Yes, TokenChange::Insert.apply("a", NOW))
             .unwrap()
             .unwrap();
         assert!(retired._file.is_none(), "nothing was written");
         let (_, retired) = store
-            .modify_tokens(ADDR, NOW, Wait::Yes, insert_token("b", NOW))
+            .modify_tokens(ADDR, NOW, Wait::Yes, TokenChange::Insert.apply("b", NOW))
             .unwrap()
             .unwrap();
         let mut old = retired._file.expect("the replaced file");
