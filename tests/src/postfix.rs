@@ -173,35 +173,50 @@ impl MailRelay {
         verify_dkim: bool,
     ) -> Option<MailRelay> {
         require_postfix()?;
-        let ports = ports.unwrap_or_else(Ports::free);
-        let ini = format!(
-            "filtermail_smtp_port = {}\n\
-             filtermail_smtp_port_incoming = {}\n\
-             postfix_reinject_port = {}\n\
-             postfix_reinject_port_incoming = {}\n\
-             {extra_ini}",
-            ports.filtermail, ports.filtermail_incoming, ports.reinject, ports.reinject_incoming,
-        );
-        let relay = Relay::start_with(&ini, options)?;
-        let mut mail = MailRelay {
-            ports,
-            postfix_config: relay.path("postfix-etc"),
-            postfix_log: relay.path("postfix.log"),
-            postfix_stderr: relay.path("postfix.stderr"),
-            filtermail_log: relay.path("filtermail.log"),
-            filtermail_incoming_log: relay.path("filtermail-incoming.log"),
-            master: None,
-            filtermail: None,
-            filtermail_incoming: None,
-            verify_dkim,
-            detached: false,
-            relay,
-        };
-        mail.filtermail = Some(mail.start_filtermail("outgoing", ports.filtermail));
-        mail.filtermail_incoming =
-            Some(mail.start_filtermail("incoming", ports.filtermail_incoming));
-        mail.start_postfix(message_size_limit);
-        Some(mail)
+        // Free ports are only free until someone binds them: when tests start relays in
+        // parallel, another may take one before Postfix does, and the master then exits.
+        // Such a start is retried on fresh ports, a bounded number of times.
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            let chosen = ports.unwrap_or_else(Ports::free);
+            let ini = format!(
+                "filtermail_smtp_port = {}\n\
+                 filtermail_smtp_port_incoming = {}\n\
+                 postfix_reinject_port = {}\n\
+                 postfix_reinject_port_incoming = {}\n\
+                 {extra_ini}",
+                chosen.filtermail,
+                chosen.filtermail_incoming,
+                chosen.reinject,
+                chosen.reinject_incoming,
+            );
+            let relay = Relay::start_with(&ini, options)?;
+            let mut mail = MailRelay {
+                ports: chosen,
+                postfix_config: relay.path("postfix-etc"),
+                postfix_log: relay.path("postfix.log"),
+                postfix_stderr: relay.path("postfix.stderr"),
+                filtermail_log: relay.path("filtermail.log"),
+                filtermail_incoming_log: relay.path("filtermail-incoming.log"),
+                master: None,
+                filtermail: None,
+                filtermail_incoming: None,
+                verify_dkim,
+                detached: false,
+                relay,
+            };
+            mail.filtermail = Some(mail.start_filtermail("outgoing", chosen.filtermail));
+            mail.filtermail_incoming =
+                Some(mail.start_filtermail("incoming", chosen.filtermail_incoming));
+            match mail.start_postfix(message_size_limit) {
+                Ok(()) => return Some(mail),
+                Err(exited) if ports.is_none() && attempt < ATTEMPTS => {
+                    eprintln!("{exited}; starting again on other free ports");
+                }
+                Err(exited) => panic!("{exited}\n{}", mail.logs()),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// The relay under Postfix: paths, accounts, IMAP, Dovecot's logs.
@@ -412,7 +427,8 @@ impl MailRelay {
 
     /// Writes main.cf and master.cf, lets `postfix check` create the queue directories
     /// with the owners and modes Postfix wants, and starts the master in the foreground.
-    fn start_postfix(&mut self, message_size_limit: u64) {
+    /// Starts Postfix's master; `Err` when it exits before listening (a port taken).
+    fn start_postfix(&mut self, message_size_limit: u64) -> Result<(), String> {
         let root = self.relay.path("");
         let config = &self.postfix_config;
         fs::create_dir(config).expect("cannot create the postfix config dir");
@@ -545,14 +561,14 @@ impl MailRelay {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = master.try_wait() {
-                panic!("postfix master exited with {status}\n{}", self.logs());
+                return Err(format!("postfix master exited with {status}"));
             }
             // The master binds every inet listener before it logs "daemon started".
             if self.postfix_log().contains("daemon started")
                 && addrs.iter().all(|addr| TcpStream::connect(addr).is_ok())
             {
                 self.master = Some(master);
-                return;
+                return Ok(());
             }
             sleep(POLL_INTERVAL);
         }
