@@ -128,6 +128,14 @@ pub struct Config {
     /// Port of filtermail's LMTP transport for Postfix.
     /// Key `filtermail_lmtp_port_transport`, default 10083.
     pub filtermail_lmtp_port_transport: u16,
+    /// Remote port filtermail's transport mode delivers SMTP to. Ours only (upstream
+    /// always uses 25), for test setups on loopback; a relay keeps the default.
+    /// Key `filtermail_transport_smtp_port`, default 25.
+    pub filtermail_transport_smtp_port: u16,
+    /// Remote port of the other relays' HTTPS `/mxdeliv`. Ours only (upstream always
+    /// uses 443), for test setups on loopback; a relay keeps the default.
+    /// Key `filtermail_transport_https_port`, default 443.
+    pub filtermail_transport_https_port: u16,
     /// Port where Postfix takes back filtered outgoing mail.
     /// Key `postfix_reinject_port`, default 10025.
     pub postfix_reinject_port: u16,
@@ -347,6 +355,8 @@ impl Config {
             filtermail_smtp_port_incoming: p.uint("filtermail_smtp_port_incoming", 10081)?,
             filtermail_http_port_incoming: p.uint("filtermail_http_port_incoming", 10082)?,
             filtermail_lmtp_port_transport: p.uint("filtermail_lmtp_port_transport", 10083)?,
+            filtermail_transport_smtp_port: p.uint("filtermail_transport_smtp_port", 25)?,
+            filtermail_transport_https_port: p.uint("filtermail_transport_https_port", 443)?,
             postfix_reinject_port: p.uint("postfix_reinject_port", 10025)?,
             postfix_reinject_port_incoming: p.uint("postfix_reinject_port_incoming", 10026)?,
             mtail_address: p.take("mtail_address").map(str::to_owned),

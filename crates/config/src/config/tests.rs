@@ -79,6 +79,8 @@ fn defaults() {
     assert_eq!(c.filtermail_smtp_port_incoming, 10081);
     assert_eq!(c.filtermail_http_port_incoming, 10082);
     assert_eq!(c.filtermail_lmtp_port_transport, 10083);
+    assert_eq!(c.filtermail_transport_smtp_port, 25);
+    assert_eq!(c.filtermail_transport_https_port, 443);
     assert_eq!(c.postfix_reinject_port, 10025);
     assert_eq!(c.postfix_reinject_port_incoming, 10026);
     assert_eq!(c.mtail_address, None);
@@ -150,6 +152,8 @@ filtermail_smtp_port = 1
 filtermail_smtp_port_incoming = 2
 filtermail_http_port_incoming = 3
 filtermail_lmtp_port_transport = 4
+filtermail_transport_smtp_port = 2525
+filtermail_transport_https_port = 8443
 postfix_reinject_port = 5
 postfix_reinject_port_incoming = 65535
 mtail_address = 127.0.0.1
@@ -195,6 +199,8 @@ nocreate_file = /tmp/nocreate
     assert_eq!(c.filtermail_smtp_port_incoming, 2);
     assert_eq!(c.filtermail_http_port_incoming, 3);
     assert_eq!(c.filtermail_lmtp_port_transport, 4);
+    assert_eq!(c.filtermail_transport_smtp_port, 2525);
+    assert_eq!(c.filtermail_transport_https_port, 8443);
     assert_eq!(c.postfix_reinject_port, 5);
     assert_eq!(c.postfix_reinject_port_incoming, 65535);
     assert_eq!(c.mtail_address.as_deref(), Some("127.0.0.1"));
@@ -244,6 +250,8 @@ const PORT_KEYS: &[&str] = &[
     "filtermail_smtp_port_incoming",
     "filtermail_http_port_incoming",
     "filtermail_lmtp_port_transport",
+    "filtermail_transport_smtp_port",
+    "filtermail_transport_https_port",
     "postfix_reinject_port",
     "postfix_reinject_port_incoming",
 ];
