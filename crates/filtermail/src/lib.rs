@@ -1,5 +1,6 @@
 //! filtermail: the before-queue SMTP filter of a chatmail relay, a drop-in for upstream's
-//! filtermail (0.7.4 dialect, without transport mode).
+//! filtermail (0.7.4 dialect, without transport mode); incoming mode also serves the
+//! `/mxdeliv` HTTP endpoint other relays deliver to.
 //!
 //! Postfix hands every submitted (`outgoing`) and every received (`incoming`) message to
 //! this filter over SMTP (`smtpd_proxy_filter`). Cleartext is refused unless an exemption
@@ -8,7 +9,8 @@
 //!
 //! Where things are: [`check`] (the policy, pure), [`dkim`] (the origin check), [`openpgp`] (armor and packet walk),
 //! [`mime`] (the MIME walker), [`address`], [`command`] (SMTP command lines),
-//! [`limiter`] (GCRA), [`server`] (sockets), [`reinject`] (SMTP client to Postfix).
+//! [`limiter`] (GCRA), [`server`] (sockets), [`reinject`] (SMTP client to Postfix),
+//! [`http`] (the `/mxdeliv` listener) and [`wire`] (its data form and envelope headers).
 
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -16,11 +18,13 @@ pub mod address;
 pub mod check;
 pub mod command;
 pub mod dkim;
+pub mod http;
 pub mod limiter;
 pub mod mime;
 pub mod openpgp;
 pub mod reinject;
 pub mod server;
+pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -109,8 +113,8 @@ pub fn listen_port(config: &Config, direction: Direction) -> u16 {
 /// The environment variable that turns DKIM verification off (tests only).
 pub const SKIP_DKIM: &str = "FILTERMAIL_SKIP_DKIM";
 
-/// Runs the daemon until SIGTERM/SIGINT: binds 127.0.0.1, logs `entering serving loop`,
-/// notifies systemd, serves.
+/// Runs the daemon until SIGTERM/SIGINT: binds 127.0.0.1 (incoming: the SMTP and the HTTP
+/// port), logs `entering serving loop`, notifies systemd, serves.
 pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), FiltermailError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,6 +142,17 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await
             .map_err(|source| FiltermailError::Bind { port, source })?;
+        let http_listener = match direction {
+            Direction::Outgoing => None,
+            Direction::Incoming => {
+                let port = config.filtermail_http_port_incoming;
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                    .await
+                    .map_err(|source| FiltermailError::Bind { port, source })?;
+                Some(listener)
+            }
+        };
+        // Only the SMTP listener announces itself (upstream's HTTP listener logs nothing).
         // Must be the first line after the optional DKIM warning: relay's blackbox test
         // waits for a line with "loop".
         tracing::info!("entering serving loop");
@@ -161,7 +176,29 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
             dkim,
             ..Filter::from_config(config, direction)
         });
-        server::serve(listener, filter, shutdown).await;
+        match http_listener {
+            None => server::serve(listener, filter, shutdown).await,
+            Some(http_listener) => {
+                // One signal stops both listeners.
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                tokio::join!(
+                    async {
+                        shutdown.await;
+                        let _ = stop.send(true);
+                    },
+                    server::serve(listener, filter.clone(), signalled(stopped.clone())),
+                    http::serve(
+                        http_listener,
+                        filter,
+                        http::HttpLimits::default(),
+                        signalled(stopped),
+                    ),
+                );
+            }
+        }
         chatmail_daemon::notify_stopping();
         Ok(())
     })

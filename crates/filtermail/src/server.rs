@@ -447,6 +447,13 @@ impl Filter {
             tracing::warn!("Rejected mail from {from} failing the origin check: {reply}");
             return reply.to_owned();
         }
+        if envelope.recipients.is_empty() {
+            // Only /mxdeliv gets here (SMTP answers DATA without RCPT with 554): upstream
+            // accepts such a request and drops the message.
+            let from = verdict.from.as_deref().unwrap_or("");
+            tracing::info!("Dropping mail from {from}; no recipients (X-MAIL-TO)");
+            return "250 OK".to_owned();
+        }
         let sender = if verdict.blank_sender {
             ""
         } else {

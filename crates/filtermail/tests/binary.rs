@@ -56,6 +56,7 @@ impl Drop for Daemon {
 fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let http_port = free_port();
     // Postfix stand-in that refuses everything, so the reply proves reinjection happened.
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let sink_port = sink.local_addr().unwrap().port();
@@ -70,6 +71,7 @@ fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>
         &ini,
         format!(
             "[params]\nmail_domain = example.org\nfiltermail_smtp_port_incoming = {port}\n\
+             filtermail_http_port_incoming = {http_port}\n\
              postfix_reinject_port_incoming = {sink_port}\nmailboxes_dir = {}\n\
              passthrough_recipients = echo@example.org\n",
             dir.path().display()

@@ -1,3 +1,5 @@
 //! Shared by the integration tests.
 
+pub mod logs;
 pub mod pgp;
+pub mod sink;
