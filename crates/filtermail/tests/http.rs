@@ -435,7 +435,21 @@ async fn stream_oversize(addr: SocketAddr, chunked: bool, total: usize) -> (Stri
         .await
         .expect("response in time");
     let at_response = sent.load(std::sync::atomic::Ordering::SeqCst);
+    // The server closes the connection instead of reading the rest (the client keeps
+    // sending meanwhile).
+    let closed = async {
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("closed after the answer");
     feeder.abort();
+    let at_close = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(at_close < total, "the whole body was read");
     (String::from_utf8_lossy(&answer).into_owned(), at_response)
 }
 
