@@ -80,6 +80,7 @@ impl RelayPorts {
                 submissions: get("submissions")?,
                 filtermail: get("filtermail")?,
                 filtermail_incoming: get("filtermail_incoming")?,
+                filtermail_http_incoming: get("filtermail_http_incoming")?,
                 reinject: get("reinject")?,
                 reinject_incoming: get("reinject_incoming")?,
             },
@@ -87,7 +88,7 @@ impl RelayPorts {
     }
 
     /// Every port with its name.
-    pub fn named(&self) -> [(&'static str, u16); 9] {
+    pub fn named(&self) -> [(&'static str, u16); 10] {
         let p = &self.postfix;
         [
             ("imap", self.imap),
@@ -97,6 +98,7 @@ impl RelayPorts {
             ("submissions", p.submissions),
             ("filtermail", p.filtermail),
             ("filtermail_incoming", p.filtermail_incoming),
+            ("filtermail_http_incoming", p.filtermail_http_incoming),
             ("reinject", p.reinject),
             ("reinject_incoming", p.reinject_incoming),
         ]
@@ -289,7 +291,11 @@ fn probe(ports: &RelayPorts) -> Result<(), String> {
     Smtp::connect_tls(addr(p.submissions), DOMAIN)
         .map_err(|err| format!("SMTPS {}: {err}", p.submissions))?
         .quit();
-    for port in [p.filtermail, p.filtermail_incoming] {
+    for port in [
+        p.filtermail,
+        p.filtermail_incoming,
+        p.filtermail_http_incoming,
+    ] {
         TcpStream::connect(addr(port)).map_err(|err| format!("filtermail {port}: {err}"))?;
     }
     Ok(())

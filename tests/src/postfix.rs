@@ -61,6 +61,8 @@ pub struct Ports {
     pub filtermail: u16,
     /// `filtermail_smtp_port_incoming` (10081).
     pub filtermail_incoming: u16,
+    /// `filtermail_http_port_incoming` (10082): filtermail incoming's `/mxdeliv`.
+    pub filtermail_http_incoming: u16,
     /// `postfix_reinject_port` (10025).
     pub reinject: u16,
     /// `postfix_reinject_port_incoming` (10026).
@@ -75,13 +77,14 @@ impl Ports {
         smtp: 25,
         filtermail: 10080,
         filtermail_incoming: 10081,
+        filtermail_http_incoming: 10082,
         reinject: 10025,
         reinject_incoming: 10026,
     };
 
-    /// Seven distinct ports that were free a moment ago (all bound at once, then released).
+    /// Eight distinct ports that were free a moment ago (all bound at once, then released).
     pub fn free() -> Ports {
-        let listeners: [TcpListener; 7] = std::array::from_fn(|_| {
+        let listeners: [TcpListener; 8] = std::array::from_fn(|_| {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a port")
         });
         let [
@@ -90,6 +93,7 @@ impl Ports {
             smtp,
             filtermail,
             filtermail_incoming,
+            filtermail_http_incoming,
             reinject,
             reinject_incoming,
         ] = listeners.map(|listener| listener.local_addr().expect("local address").port());
@@ -99,6 +103,7 @@ impl Ports {
             smtp,
             filtermail,
             filtermail_incoming,
+            filtermail_http_incoming,
             reinject,
             reinject_incoming,
         }
@@ -182,11 +187,13 @@ impl MailRelay {
             let ini = format!(
                 "filtermail_smtp_port = {}\n\
                  filtermail_smtp_port_incoming = {}\n\
+                 filtermail_http_port_incoming = {}\n\
                  postfix_reinject_port = {}\n\
                  postfix_reinject_port_incoming = {}\n\
                  {extra_ini}",
                 chosen.filtermail,
                 chosen.filtermail_incoming,
+                chosen.filtermail_http_incoming,
                 chosen.reinject,
                 chosen.reinject_incoming,
             );
@@ -263,6 +270,12 @@ impl MailRelay {
     pub fn detach(mut self) {
         self.detached = true;
         self.relay.set_detached();
+    }
+
+    /// Where filtermail incoming's HTTP listener (`/mxdeliv`, behind nginx on a relay)
+    /// listens.
+    pub fn mxdeliv_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.filtermail_http_incoming))
     }
 
     /// Where the port-25 service listens (filtermail incoming behind it).
