@@ -61,7 +61,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Larger messages get 552.
     fn max_message_size(&self) -> u64;
 
-    /// MAIL FROM with an address (not for the null sender `<>`).
+    /// MAIL FROM; `sender` is empty for the null sender `<>`.
     fn mail(&self, sender: &str) -> Result<(), String>;
 
     /// RCPT TO with an address; on `Err` the recipient is not added.
