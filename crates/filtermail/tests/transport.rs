@@ -386,15 +386,7 @@ fn limits() -> TransportLimits {
     TransportLimits::default()
 }
 
-/// Runs `f` as a task and returns its handle (clients working at the same time).
-fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    tokio::spawn(f)
-}
-
+/// Waits for a client task, at most [`PATIENCE`].
 async fn join<T>(handle: tokio::task::JoinHandle<T>) -> T {
     tokio::time::timeout(PATIENCE, handle)
         .await
@@ -562,7 +554,7 @@ async fn deliveries_are_serial_per_destination_and_parallel_across_destinations(
     let mut clients = Vec::new();
     for i in 0..4 {
         let addr = setup.addr;
-        clients.push(spawn(async move {
+        clients.push(tokio::spawn(async move {
             let mut c = Client::connect(addr).await;
             c.mail("a@example.org", &[&format!("r{i}@s.example")]).await
         }));
