@@ -1,16 +1,19 @@
-//! filtermail: the before-queue SMTP filter of a chatmail relay, a drop-in for upstream's
-//! filtermail (0.7.4 dialect, without transport mode); incoming mode also serves the
+//! filtermail: the before-queue SMTP filter and the LMTP transport of a chatmail relay, a
+//! drop-in for upstream's filtermail (0.7.4 dialect); incoming mode also serves the
 //! `/mxdeliv` HTTP endpoint other relays deliver to.
 //!
 //! Postfix hands every submitted (`outgoing`) and every received (`incoming`) message to
 //! this filter over SMTP (`smtpd_proxy_filter`). Cleartext is refused unless an exemption
 //! applies, outgoing senders are rate-limited, incoming mail must carry a DKIM signature of
-//! its `From:` domain, and accepted mail is reinjected into Postfix.
+//! its `From:` domain, and accepted mail is reinjected into Postfix. In `transport` mode
+//! Postfix hands every message for other relays to it over LMTP, and it delivers them
+//! per destination ([`transport`]).
 //!
 //! Where things are: [`check`] (the policy, pure), [`dkim`] (the origin check), [`openpgp`] (armor and packet walk),
 //! [`mime`] (the MIME walker), [`address`], [`command`] (SMTP command lines),
 //! [`limiter`] (GCRA), [`server`] (sockets), [`reinject`] (SMTP client to Postfix),
-//! [`http`] (the `/mxdeliv` listener) and [`wire`] (its data form and envelope headers).
+//! [`http`] (the `/mxdeliv` listener), [`wire`] (its data form and envelope headers) and
+//! [`transport`] (the worker pool of transport mode).
 
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -24,6 +27,7 @@ pub mod mime;
 pub mod openpgp;
 pub mod reinject;
 pub mod server;
+pub mod transport;
 pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatmail_config::Config;
+use chatmail_delivery::RemoteDelivery;
 use chatmail_mailbox::Mailboxes;
 use dkim::{DkimVerifier, SystemResolver};
 use thiserror::Error;
@@ -39,7 +44,8 @@ use tokio::net::TcpListener;
 pub use check::Direction;
 use limiter::SendLimiter;
 use reinject::ReinjectTarget;
-use server::Limits;
+use server::{Handler, Limits};
+use transport::Transport;
 
 /// Failures that stop the daemon.
 #[derive(Debug, Error)]
@@ -113,14 +119,17 @@ pub fn listen_port(config: &Config, direction: Direction) -> u16 {
 /// The environment variable that turns DKIM verification off (tests only).
 pub const SKIP_DKIM: &str = "FILTERMAIL_SKIP_DKIM";
 
+fn runtime() -> Result<tokio::runtime::Runtime, FiltermailError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(FiltermailError::Runtime)
+}
+
 /// Runs the daemon until SIGTERM/SIGINT: binds 127.0.0.1 (incoming: the SMTP and the HTTP
 /// port), logs `entering serving loop`, notifies systemd, serves.
 pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), FiltermailError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(FiltermailError::Runtime)?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let shutdown = chatmail_daemon::shutdown_signal().map_err(FiltermailError::Signals)?;
         let dkim = match direction {
             Direction::Outgoing => None,
@@ -138,70 +147,93 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
                 Some(Arc::new(verifier))
             }
         };
+        let filter = Arc::new(Filter {
+            dkim,
+            ..Filter::from_config(config, direction)
+        });
         let port = listen_port(config, direction);
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .await
-            .map_err(|source| FiltermailError::Bind { port, source })?;
-        let http_listener = match direction {
+        let http = match direction {
             Direction::Outgoing => None,
             Direction::Incoming => {
                 let port = config.filtermail_http_port_incoming;
                 let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
                     .await
                     .map_err(|source| FiltermailError::Bind { port, source })?;
-                Some(listener)
+                Some((listener, filter.clone()))
             }
         };
-        // Only the SMTP listener announces itself (upstream's HTTP listener logs nothing).
-        // Must be the first line after the optional DKIM warning: relay's blackbox test
-        // waits for a line with "loop".
-        tracing::info!("entering serving loop");
-        // Config warnings come after it for the same reason.
-        for warning in config
-            .warnings()
-            .into_iter()
-            .chain(passthrough_warnings(config))
-        {
-            tracing::warn!("{warning}");
-        }
-        if nix::unistd::geteuid().is_root() {
-            // Nothing here needs privileges; a parser bug should not be one as root.
-            tracing::warn!(
-                "running as root: filtermail needs no privileges, run it as an unprivileged \
-                 user (systemd User=vmail)"
+        listen_and_serve(config, port, filter, shutdown, http).await
+    })
+}
+
+/// `filtermail INI transport`: the LMTP transport on `filtermail_lmtp_port_transport`,
+/// otherwise as [`run_daemon`].
+pub fn run_transport(config: &Config) -> Result<(), FiltermailError> {
+    runtime()?.block_on(async {
+        let shutdown = chatmail_daemon::shutdown_signal().map_err(FiltermailError::Signals)?;
+        let deliver = Arc::new(RemoteDelivery::default());
+        let transport = Arc::new(Transport::from_config(config, deliver));
+        let port = config.filtermail_lmtp_port_transport;
+        listen_and_serve(config, port, transport, shutdown, None).await
+    })
+}
+
+/// Binds 127.0.0.1:`port`, logs `entering serving loop` and the configuration's
+/// warnings, notifies systemd, serves until `shutdown`; with `http` (incoming), serves the
+/// `/mxdeliv` listener beside it with the same filter, and one signal stops both.
+async fn listen_and_serve<H: Handler>(
+    config: &Config,
+    port: u16,
+    handler: Arc<H>,
+    shutdown: impl std::future::Future<Output = ()>,
+    http: Option<(TcpListener, Arc<Filter>)>,
+) -> Result<(), FiltermailError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|source| FiltermailError::Bind { port, source })?;
+    // Must be the first line after the optional DKIM warning: relay's blackbox test
+    // waits for a line with "loop".
+    tracing::info!("entering serving loop");
+    // Config warnings come after it for the same reason.
+    for warning in config
+        .warnings()
+        .into_iter()
+        .chain(passthrough_warnings(config))
+    {
+        tracing::warn!("{warning}");
+    }
+    if nix::unistd::geteuid().is_root() {
+        // Nothing here needs privileges; a parser bug should not be one as root.
+        tracing::warn!(
+            "running as root: filtermail needs no privileges, run it as an unprivileged \
+             user (systemd User=vmail)"
+        );
+    }
+    chatmail_daemon::notify_ready();
+    match http {
+        None => server::serve(listener, handler, shutdown).await,
+        Some((http_listener, filter)) => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::join!(
+                async {
+                    shutdown.await;
+                    let _ = stop.send(true);
+                },
+                server::serve(listener, handler, signalled(stopped.clone())),
+                http::serve(
+                    http_listener,
+                    filter,
+                    http::HttpLimits::default(),
+                    signalled(stopped),
+                ),
             );
         }
-        chatmail_daemon::notify_ready();
-        let filter = Arc::new(Filter {
-            dkim,
-            ..Filter::from_config(config, direction)
-        });
-        match http_listener {
-            None => server::serve(listener, filter, shutdown).await,
-            Some(http_listener) => {
-                // One signal stops both listeners.
-                let (stop, stopped) = tokio::sync::watch::channel(false);
-                let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                tokio::join!(
-                    async {
-                        shutdown.await;
-                        let _ = stop.send(true);
-                    },
-                    server::serve(listener, filter.clone(), signalled(stopped.clone())),
-                    http::serve(
-                        http_listener,
-                        filter,
-                        http::HttpLimits::default(),
-                        signalled(stopped),
-                    ),
-                );
-            }
-        }
-        chatmail_daemon::notify_stopping();
-        Ok(())
-    })
+    }
+    chatmail_daemon::notify_stopping();
+    Ok(())
 }
 
 /// filtermail 0.7 dropped the passthrough exemptions; an ini that still sets them gets

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use chatmail_filtermail::Direction;
 
+/// What the second argument asks for.
+enum Mode {
+    Filter(Direction),
+    Transport,
+}
+
 fn main() -> ExitCode {
     // OsString: a config path need not be UTF-8.
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -14,14 +20,15 @@ fn main() -> ExitCode {
             .first()
             .map_or("filtermail".into(), |a| a.to_string_lossy());
         eprintln!("Usage: {argv0} <config_file> <mode>");
-        eprintln!("  mode: incoming or outgoing");
+        eprintln!("  mode: incoming, outgoing or transport");
         return ExitCode::FAILURE;
     };
-    let direction = match mode.to_str() {
-        Some("outgoing") => Direction::Outgoing,
-        Some("incoming") => Direction::Incoming,
+    let mode = match mode.to_str() {
+        Some("outgoing") => Mode::Filter(Direction::Outgoing),
+        Some("incoming") => Mode::Filter(Direction::Incoming),
+        Some("transport") => Mode::Transport,
         _ => {
-            eprintln!("Error: mode must be 'incoming' or 'outgoing'");
+            eprintln!("Error: mode must be 'incoming', 'outgoing' or 'transport'");
             return ExitCode::FAILURE;
         }
     };
@@ -33,7 +40,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match chatmail_filtermail::run_daemon(&config, direction) {
+    let run = match mode {
+        Mode::Filter(direction) => chatmail_filtermail::run_daemon(&config, direction),
+        Mode::Transport => chatmail_filtermail::run_transport(&config),
+    };
+    match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("Server error: {err}");

@@ -1,4 +1,6 @@
-//! The SMTP server side: accept loop and one task per connection.
+//! The SMTP/LMTP server side: accept loop and one task per connection. The dialogue is
+//! the same in every mode; a [`Handler`] decides what MAIL, RCPT, DATA and the message
+//! lead to ([`Filter`] for outgoing and incoming, [`crate::transport::Transport`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,10 +48,89 @@ impl Default for Limits {
     }
 }
 
+/// What one listener's mode decides. Hooks answer with the reply line to send on refusal;
+/// the connection stays open after any of them.
+pub trait Handler: Send + Sync + 'static {
+    /// State of one transaction beyond its sender and recipients (transport: the queue
+    /// slots); dropped at MAIL, RSET, the end of DATA and the end of the connection.
+    type Transaction: Default + Send;
+
+    /// Timeouts and the connection cap.
+    fn limits(&self) -> &Limits;
+
+    /// Larger messages get 552.
+    fn max_message_size(&self) -> u64;
+
+    /// MAIL FROM; `sender` is empty for the null sender `<>`.
+    fn mail(&self, sender: &str) -> Result<(), String>;
+
+    /// RCPT TO with an address; on `Err` the recipient is not added.
+    fn rcpt(&self, transaction: &mut Self::Transaction, recipient: &str) -> Result<(), String>;
+
+    /// The reply to an RCPT TO line without an address that can be extracted.
+    fn unparsable_rcpt(&self, _line: &[u8]) -> String {
+        "500 Invalid address in RCPT TO".to_owned()
+    }
+
+    /// DATA, before the 354: an `Err` refuses the message before it is sent.
+    fn data_start(&self, _transaction: &Self::Transaction) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// LMTP: the answer after the final dot is one line per accepted recipient.
+    fn reply_per_recipient(&self) -> bool {
+        false
+    }
+
+    /// After the final dot: the reply, already one line per recipient (joined with CRLF)
+    /// when [`Handler::reply_per_recipient`]. `data` is unstuffed, with CRLF line ends.
+    fn message(
+        &self,
+        transaction: Self::Transaction,
+        sender: String,
+        recipients: Vec<String>,
+        data: Vec<u8>,
+    ) -> impl Future<Output = String> + Send;
+}
+
+impl Handler for Filter {
+    type Transaction = ();
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
+    fn mail(&self, sender: &str) -> Result<(), String> {
+        self.check_sender(sender)
+    }
+
+    fn rcpt(&self, _transaction: &mut (), _recipient: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn message(
+        &self,
+        _transaction: (),
+        sender: String,
+        recipients: Vec<String>,
+        data: Vec<u8>,
+    ) -> impl Future<Output = String> + Send {
+        self.judge_and_reinject(sender, recipients, data)
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then lets in-flight connections finish
 /// for `shutdown_grace`.
-pub async fn serve(listener: TcpListener, filter: Arc<Filter>, shutdown: impl Future<Output = ()>) {
-    let max = filter.limits.max_connections.max(1);
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = handler.limits().max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max));
     let accept_loop = async {
         let mut backoff = Duration::from_millis(50);
@@ -60,9 +141,9 @@ pub async fn serve(listener: TcpListener, filter: Arc<Filter>, shutdown: impl Fu
             match listener.accept().await {
                 Ok((stream, _)) => {
                     backoff = Duration::from_millis(50);
-                    let filter = filter.clone();
+                    let handler = handler.clone();
                     tokio::spawn(async move {
-                        if let Err(err) = handle_connection(stream, &filter).await {
+                        if let Err(err) = handle_connection(stream, &*handler).await {
                             tracing::error!("Error handling connection: {err}");
                         }
                         drop(permit);
@@ -84,7 +165,8 @@ pub async fn serve(listener: TcpListener, filter: Arc<Filter>, shutdown: impl Fu
         () = shutdown => {}
     }
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(filter.limits.shutdown_grace, permits.acquire_many(all)).await;
+    let grace = handler.limits().shutdown_grace;
+    let _ = tokio::time::timeout(grace, permits.acquire_many(all)).await;
 }
 
 /// How reading one line ended.
@@ -148,34 +230,50 @@ enum Flow {
     Close,
 }
 
-/// State of one SMTP session.
-struct Session<'a> {
-    /// The listener's rules and limits.
-    filter: &'a Filter,
+/// The size and time limits of a listener, the same for every mode.
+struct Bounds {
+    limits: Limits,
+    max_message_size: u64,
+}
+
+/// State of one SMTP/LMTP session.
+struct Session<'a, H: Handler> {
+    /// The listener's size and time limits.
+    filter: Bounds,
+    /// The mode's hooks.
+    handler: &'a H,
     /// The peer; replies are written to the inner stream.
     reader: BufReader<TcpStream>,
     /// Sender of the current transaction, `None` before MAIL (empty for `<>`).
     sender: Option<String>,
     /// RCPT TO addresses of the current transaction, in order (reinjected in that order).
     recipients: Vec<String>,
+    /// The mode's state of the current transaction.
+    transaction: H::Transaction,
     /// The current command or data line, reused to avoid an allocation per line.
     line: Vec<u8>,
 }
 
-async fn handle_connection(stream: TcpStream, filter: &Filter) -> std::io::Result<()> {
+async fn handle_connection<H: Handler>(stream: TcpStream, handler: &H) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut session = Session {
-        filter,
+        filter: Bounds {
+            limits: handler.limits().clone(),
+            max_message_size: handler.max_message_size(),
+        },
+        handler,
         // Megabyte messages arrive in 64 KiB reads rather than 8 KiB ones.
         reader: BufReader::with_capacity(READ_BUFFER, stream),
         sender: None,
         recipients: Vec::new(),
+        transaction: H::Transaction::default(),
         line: Vec::new(),
     };
     session.reply("220 filtermail SMTP").await?;
     loop {
         let read = read_line(&mut session.reader, &mut session.line, MAX_COMMAND_LINE);
-        let read = match tokio::time::timeout(filter.limits.command_timeout, read).await {
+        let timeout = session.filter.limits.command_timeout;
+        let read = match tokio::time::timeout(timeout, read).await {
             Ok(read) => read?,
             Err(_) => {
                 session
@@ -203,7 +301,7 @@ async fn handle_connection(stream: TcpStream, filter: &Filter) -> std::io::Resul
     }
 }
 
-impl Session<'_> {
+impl<H: Handler> Session<'_, H> {
     /// Sends one reply in one write: Postfix's proxy client closes right after its QUIT, and
     /// a reply split over two writes would hit the reset between them.
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
@@ -218,6 +316,18 @@ impl Session<'_> {
     fn reset(&mut self) {
         self.sender = None;
         self.recipients.clear();
+        self.transaction = H::Transaction::default();
+    }
+
+    /// A reply after the final dot that is the same for every recipient: once per
+    /// recipient in LMTP, once otherwise.
+    async fn final_reply(&mut self, text: &str, recipients: usize) -> std::io::Result<()> {
+        if self.handler.reply_per_recipient() {
+            let lines = vec![text; recipients.max(1)].join("\r\n");
+            self.reply(&lines).await
+        } else {
+            self.reply(text).await
+        }
     }
 
     async fn command(&mut self, command: Command) -> std::io::Result<Flow> {
@@ -239,7 +349,7 @@ impl Session<'_> {
             }
             Command::Mail(Some(sender)) => {
                 self.reset();
-                match self.filter.check_sender(&sender) {
+                match self.handler.mail(&sender) {
                     Ok(()) => {
                         self.sender = Some(sender);
                         self.reply("250 OK").await?;
@@ -251,11 +361,19 @@ impl Session<'_> {
                 if self.sender.is_none() {
                     self.reply("503 5.5.1 Need MAIL before RCPT").await?;
                 } else {
-                    self.recipients.push(rcpt);
-                    self.reply("250 OK").await?;
+                    match self.handler.rcpt(&mut self.transaction, &rcpt) {
+                        Ok(()) => {
+                            self.recipients.push(rcpt);
+                            self.reply("250 OK").await?;
+                        }
+                        Err(reply) => self.reply(&reply).await?,
+                    }
                 }
             }
-            Command::Rcpt(None) => self.reply("500 Invalid address in RCPT TO").await?,
+            Command::Rcpt(None) => {
+                let reply = self.handler.unparsable_rcpt(&self.line);
+                self.reply(&reply).await?;
+            }
             Command::Data => return self.data().await,
             Command::Rset => {
                 self.reset();
@@ -280,7 +398,7 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    /// DATA: read the message, judge it, reinject it, answer.
+    /// DATA: read the message, hand it to the mode, answer.
     async fn data(&mut self) -> std::io::Result<Flow> {
         let Some(sender) = self.sender.clone() else {
             self.reply("503 5.5.1 Need MAIL before DATA").await?;
@@ -288,6 +406,10 @@ impl Session<'_> {
         };
         if self.recipients.is_empty() {
             self.reply("554 5.5.1 No valid recipients").await?;
+            return Ok(Flow::Continue);
+        }
+        if let Err(reply) = self.handler.data_start(&self.transaction) {
+            self.reply(&reply).await?;
             return Ok(Flow::Continue);
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
@@ -351,18 +473,21 @@ impl Session<'_> {
             }
         }
         let recipients = std::mem::take(&mut self.recipients);
+        let transaction = std::mem::take(&mut self.transaction);
         self.reset();
         if oversized {
-            self.reply("552 Message exceeds maximum size").await?;
+            self.final_reply("552 Message exceeds maximum size", recipients.len())
+                .await?;
             return Ok(Flow::Continue);
         }
         if bare_cr {
-            self.reply("500 Invalid DATA").await?;
+            self.final_reply("500 Invalid DATA", recipients.len())
+                .await?;
             return Ok(Flow::Continue);
         }
         let reply = self
-            .filter
-            .judge_and_reinject(sender, recipients, data)
+            .handler
+            .message(transaction, sender, recipients, data)
             .await;
         self.reply(&reply).await?;
         Ok(Flow::Continue)

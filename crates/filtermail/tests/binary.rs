@@ -23,11 +23,20 @@ fn usage_and_mode_errors() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        format!("Usage: {BIN} <config_file> <mode>\n  mode: incoming or outgoing\n")
+        format!("Usage: {BIN} <config_file> <mode>\n  mode: incoming, outgoing or transport\n")
     );
     let (code, stderr) = run(&["x.ini", "sideways"]);
     assert_eq!(code, 1);
-    assert_eq!(stderr, "Error: mode must be 'incoming' or 'outgoing'\n");
+    assert_eq!(
+        stderr,
+        "Error: mode must be 'incoming', 'outgoing' or 'transport'\n"
+    );
+    let (code, stderr) = run(&["x.ini", "Transport"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "Error: mode must be 'incoming', 'outgoing' or 'transport'\n"
+    );
     let (code, stderr) = run(&["/nonexistent/chatmail.ini", "outgoing"]);
     assert_eq!(code, 1);
     assert!(stderr.starts_with("Failed to read config: "), "{stderr}");
@@ -172,4 +181,70 @@ fn port_in_use_is_a_server_error() {
         stderr.starts_with(&format!("Server error: binding 127.0.0.1:{port}: ")),
         "{stderr}"
     );
+}
+
+/// `filtermail INI transport` serves LMTP on `filtermail_lmtp_port_transport`: one final
+/// reply line per accepted recipient, 553 for an address without a destination.
+#[test]
+fn transport_serves_lmtp_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ini = dir.path().join("chatmail.ini");
+    std::fs::write(
+        &ini,
+        format!("[params]\nmail_domain = example.org\nfiltermail_lmtp_port_transport = {port}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg(&ini)
+        .arg("transport")
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let daemon = Daemon(child);
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert_eq!(line, "entering serving loop\n");
+
+    let mut lmtp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    lmtp.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    // Two recipients of one destination and one address without a destination.
+    lmtp.write_all(
+        b"LHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@a.invalid>\r\n\
+          RCPT TO:<x@y@z>\r\nRCPT TO:<c@a.invalid>\r\nDATA\r\n\
+          Subject: hi\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let mut replies = String::new();
+    lmtp.read_to_string(&mut replies).unwrap();
+    drop(daemon);
+    let lines: Vec<&str> = replies.split_terminator("\r\n").collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "220 filtermail SMTP",
+            "250-filtermail",
+            "250-8BITMIME",
+            "250 OK",
+            "250 OK",
+            "250 OK",
+            "553 Invalid email address: x@y@z",
+            "250 OK",
+        ],
+        "{replies}"
+    );
+    assert_eq!(lines[8], "354 End data with <CR><LF>.<CR><LF>", "{replies}");
+    // One line per accepted recipient, the same for both (one group), then QUIT's.
+    assert_eq!(lines.len(), 12, "{replies}");
+    assert_eq!(lines[9], lines[10], "{replies}");
+    let code = lines[9].get(..4).unwrap_or("");
+    assert!(
+        ["250 ", "421 ", "451 ", "512 "].contains(&code),
+        "{replies}"
+    );
+    assert_eq!(lines[11], "221 OK");
 }
