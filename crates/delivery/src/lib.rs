@@ -6,18 +6,131 @@
 //! [`RemoteDelivery::deliver`] once per group; the answer is one SMTP reply line for all
 //! recipients of the group. Nothing is queued or retried here: a temporary failure is a
 //! 4xx reply and Postfix retries.
+//!
+//! Certificates are verified against the system's root store (rustls-native-certs), not
+//! a compiled-in copy of Mozilla's: Debian's `ca-certificates` package keeps it current.
 
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+mod cache;
 mod destination;
+mod dns;
+mod error;
+mod https;
+mod smtp;
+mod tls;
+mod wire;
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use destination::{Destination, InvalidAddress};
+pub use dns::resolver_at;
+pub use error::{DeliveryError, Reply};
+pub use hickory_resolver::TokioResolver;
 
-/// Delivers messages to remote relays.
-#[derive(Debug, Default)]
-pub struct RemoteDelivery {}
+use crate::cache::HttpsUnsupported;
+use crate::dns::MxHosts;
+use crate::https::Host;
+use crate::smtp::{Attempt, Security};
+use crate::tls::TlsConfigs;
+
+/// Everything delivery needs to know about the local relay and the timeouts.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Our name in EHLO: the relay's `mail_domain`.
+    pub ehlo_name: String,
+    /// Port of the SMTP channel (25; tests use their own).
+    pub smtp_port: u16,
+    /// Port of the HTTPS channel (443; tests use their own).
+    pub https_port: u16,
+    /// Bound of each connect, each read and write of the SMTP dialogue, the TLS
+    /// handshake and each DNS lookup.
+    pub io_timeout: Duration,
+    /// Bound of the HTTPS request until the response head arrives.
+    pub https_timeout: Duration,
+    /// How long a host that took a message over SMTP is not asked over HTTPS.
+    pub https_unsupported_ttl: Duration,
+    /// Destinations reached over SMTP without TLS, even if offered (lower case).
+    pub plaintext_domains: Vec<String>,
+}
+
+impl DeliverySettings {
+    /// Upstream's values: ports 25 and 443, 60 s timeouts, 30 min cache, `nauta.cu` in
+    /// plain text.
+    pub fn new(ehlo_name: &str) -> DeliverySettings {
+        DeliverySettings {
+            ehlo_name: ehlo_name.to_owned(),
+            smtp_port: 25,
+            https_port: 443,
+            io_timeout: Duration::from_secs(60),
+            https_timeout: Duration::from_secs(60),
+            https_unsupported_ttl: Duration::from_secs(30 * 60),
+            plaintext_domains: vec!["nauta.cu".to_owned()],
+        }
+    }
+}
+
+/// Delivers messages to remote relays. Cheap to share: one per process, used by every
+/// destination's worker (the HTTPS connection pools and the cache are inside).
+pub struct RemoteDelivery {
+    /// Ports, timeouts, EHLO name, plaintext exceptions.
+    settings: DeliverySettings,
+    /// MX, A and AAAA lookups (also used by the HTTPS client).
+    resolver: TokioResolver,
+    /// HTTPS client verifying certificates against the system's roots.
+    https_verified: reqwest::Client,
+    /// HTTPS client accepting any certificate (literals, `_` domains).
+    https_relaxed: reqwest::Client,
+    /// STARTTLS configurations.
+    tls: TlsConfigs,
+    /// Hosts recently reached over SMTP: no HTTPS attempt for them.
+    https_unsupported: HttpsUnsupported,
+}
+
+impl std::fmt::Debug for RemoteDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteDelivery")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
 
 impl RemoteDelivery {
+    /// The production set-up: the resolver of `/etc/resolv.conf`, the system's roots.
+    pub fn system(settings: DeliverySettings) -> Result<RemoteDelivery, DeliveryError> {
+        let resolver = dns::system_resolver()?;
+        RemoteDelivery::with_resolver(settings, resolver)
+    }
+
+    /// With another resolver, e.g. [`resolver_at`] a local name server.
+    pub fn with_resolver(
+        settings: DeliverySettings,
+        resolver: TokioResolver,
+    ) -> Result<RemoteDelivery, DeliveryError> {
+        let tls = TlsConfigs::system()?;
+        let client = |config: rustls::ClientConfig| {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(config)
+                .dns_resolver(dns::https_resolver(resolver.clone(), settings.io_timeout))
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .https_only(true)
+                .connect_timeout(settings.io_timeout)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|err| DeliveryError::HttpClient(err.to_string()))
+        };
+        Ok(RemoteDelivery {
+            https_verified: client(tls.https_verified.clone())?,
+            https_relaxed: client(tls.https_relaxed.clone())?,
+            https_unsupported: HttpsUnsupported::new(settings.https_unsupported_ttl),
+            tls,
+            resolver,
+            settings,
+        })
+    }
+
     /// Delivers `data` from `sender` (empty: the null sender) to `recipients`, all of
     /// `destination`. `data` is the message with CRLF line ends and without dot-stuffing.
     /// Returns one reply line without CRLF, e.g. `250 OK (HTTPS)`, `250 OK (SMTP)`, or a
@@ -29,8 +142,175 @@ impl RemoteDelivery {
         recipients: &[String],
         data: &[u8],
     ) -> String {
-        // Placeholder until the MX/HTTPS/SMTP path lands.
-        let _ = (destination, sender, recipients, data);
-        "451 Local error".to_owned()
+        if let Some(bad) = std::iter::once(sender)
+            .chain(recipients.iter().map(String::as_str))
+            .find(|address| !valid_envelope_address(address))
+        {
+            return wire::one_line(&InvalidAddress(bad.to_owned()).reply());
+        }
+        if recipients.is_empty() {
+            return "554 No valid recipients".to_owned();
+        }
+        let (hosts, relaxed, plaintext) = match destination {
+            Destination::Literal(ip) => (vec![ip.to_string()], true, false),
+            Destination::Name(name) => {
+                let hosts =
+                    match dns::mx_hosts(&self.resolver, name, self.settings.io_timeout).await {
+                        MxHosts::Hosts(hosts) => hosts,
+                        MxHosts::Reply(reply) => return reply,
+                    };
+                let plaintext = self
+                    .settings
+                    .plaintext_domains
+                    .iter()
+                    .any(|domain| domain.eq_ignore_ascii_case(name));
+                (hosts, name.starts_with('_'), plaintext)
+            }
+        };
+        let literal = match destination {
+            Destination::Literal(ip) => Some(*ip),
+            Destination::Name(_) => None,
+        };
+        let stuffed = wire::dot_stuffed(data);
+        let mut last_failure = None;
+        for host in &hosts {
+            let target = match literal {
+                Some(ip) => Host::Ip(ip),
+                None => Host::Name(host),
+            };
+            if !self.https_unsupported.contains(host) {
+                match self
+                    .https(&target, relaxed, sender, recipients, stuffed.clone())
+                    .await
+                {
+                    Ok(()) => return "250 OK (HTTPS)".to_owned(),
+                    Err(err) => tracing::debug!("HTTPS delivery to {host} failed: {err}"),
+                }
+            }
+            match self
+                .smtp(
+                    &target, host, relaxed, plaintext, sender, recipients, &stuffed,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.https_unsupported.insert(host);
+                    return "250 OK (SMTP)".to_owned();
+                }
+                Err(err) if err.is_connection_class() => {
+                    self.https_unsupported.remove(host);
+                    tracing::warn!("Connection error relaying to mail server {host}: {err}");
+                    last_failure = Some((host, err.reply()));
+                }
+                Err(err @ DeliveryError::Rejected { .. }) => {
+                    tracing::warn!("Message rejected by mail server {host}: {err}");
+                    return err.reply();
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "Unexpected error while delivering to mail server {host}: {err}"
+                    );
+                    return wire::one_line(&format!(
+                        "{} (while attempting delivery to {host})",
+                        err.reply()
+                    ));
+                }
+            }
+        }
+        match last_failure {
+            Some((host, reply)) => wire::one_line(&format!(
+                "421 Failed to connect to any mail server; last attempt to {host}: {reply}"
+            )),
+            None => "451 Local error".to_owned(),
+        }
     }
+
+    async fn https(
+        &self,
+        target: &Host<'_>,
+        relaxed: bool,
+        sender: &str,
+        recipients: &[String],
+        body: Vec<u8>,
+    ) -> Result<(), DeliveryError> {
+        let client = if relaxed {
+            &self.https_relaxed
+        } else {
+            &self.https_verified
+        };
+        let url = https::mxdeliv_url(target, self.settings.https_port);
+        https::post(
+            client,
+            &url,
+            sender,
+            recipients,
+            body,
+            self.settings.https_timeout,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn smtp(
+        &self,
+        target: &Host<'_>,
+        host: &str,
+        relaxed: bool,
+        plaintext: bool,
+        sender: &str,
+        recipients: &[String],
+        stuffed: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let ips = match target {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => {
+                dns::addresses(&self.resolver, name, self.settings.io_timeout).await?
+            }
+        };
+        let addrs: Vec<SocketAddr> = ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, self.settings.smtp_port))
+            .collect();
+        let security = if plaintext {
+            Security::Plaintext
+        } else {
+            let config = if relaxed {
+                self.tls.smtp_relaxed.clone()
+            } else {
+                self.tls.smtp_verified.clone()
+            };
+            Security::StartTls(config, server_name(target)?)
+        };
+        smtp::deliver(
+            Attempt {
+                host,
+                host_is_name: matches!(target, Host::Name(_)),
+                addrs: &addrs,
+                ehlo_name: &self.settings.ehlo_name,
+                security,
+                timeout: self.settings.io_timeout,
+            },
+            sender,
+            recipients,
+            stuffed,
+        )
+        .await
+    }
+}
+
+/// The TLS server name: the MX name, or the literal's address.
+fn server_name(target: &Host<'_>) -> Result<rustls::pki_types::ServerName<'static>, DeliveryError> {
+    match target {
+        Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress((*ip).into())),
+        Host::Name(name) => rustls::pki_types::ServerName::try_from((*name).to_owned())
+            .map_err(|err| DeliveryError::Tls(format!("invalid server name {name:?}: {err}"))),
+    }
+}
+
+/// An envelope address we are willing to put on a command line or into a header:
+/// printable ASCII without `<`, `>` and white space (empty: the null sender).
+fn valid_envelope_address(address: &str) -> bool {
+    address
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
 }
