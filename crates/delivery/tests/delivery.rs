@@ -488,3 +488,69 @@ async fn one_mib_message_arrives_byte_identical_over_both_channels() {
     assert_eq!(received, body, "SMTP and HTTPS wire forms differ");
     assert_eq!(unstuffed(received), data);
 }
+
+/// Collects formatted log lines of the current thread (`#[tokio::test]` runs the
+/// delivery on it).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn operator_log_lines_are_verbatim() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dns = DnsStub::start().await;
+    dns.mx("_log.test", &[(10, "mx1._log.test"), (20, "mx2._log.test")]);
+    dns.ip("mx1._log.test", &[ip("127.0.0.3")]);
+    dns.ip("mx2._log.test", &[ip(V4)]);
+    let mut script = Script::default();
+    script
+        .replies
+        .insert("MAIL", "554 5.7.1 go away".to_owned());
+    let smtp = SmtpServer::start(ip(V4), 0, script).await;
+    let https = HttpsServer::start(ip(V4), 404).await;
+    let delivery = delivery(&dns, https.addr.port(), smtp.addr.port());
+    let reply = deliver(&delivery, "a@relay.example", &["b@_log.test"], MESSAGE).await;
+    let port = smtp.addr.port();
+    let forwarded = format!("554 5.7.1 go away (forwarded from mx2._log.test[127.0.0.1:{port}])");
+    assert_eq!(reply, forwarded);
+    let text = logs.text();
+    assert!(
+        text.contains("HTTPS delivery to mx2._log.test failed: status 404"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Connection error relaying to mail server mx1._log.test: Failed to connect to any of the following addresses: [127.0.0.3:{port}]"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Message rejected by mail server mx2._log.test: {forwarded}"
+        )),
+        "{text}"
+    );
+}
