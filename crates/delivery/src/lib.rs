@@ -314,3 +314,39 @@ fn valid_envelope_address(address: &str) -> bool {
         .bytes()
         .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Workers run deliveries on tokio's multi-threaded runtime: the delivery and its
+    /// future must cross threads. Checked at compile time; never called.
+    #[allow(dead_code)]
+    fn delivery_crosses_threads(delivery: &RemoteDelivery, destination: &Destination) {
+        assert_send_sync::<RemoteDelivery>();
+        assert_send(&delivery.deliver(destination, "", &[], b""));
+    }
+
+    #[test]
+    fn envelope_addresses_refuse_what_could_break_a_command_line() {
+        assert!(valid_envelope_address(""));
+        assert!(valid_envelope_address("a.b+c@example.org"));
+        for bad in ["a b@x", "a\r\n@x", "<a@x>", "a@x\u{e4}", "a\0@x"] {
+            assert!(!valid_envelope_address(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_default_to_upstreams_values() {
+        let settings = DeliverySettings::new("relay.example");
+        assert_eq!(settings.ehlo_name, "relay.example");
+        assert_eq!((settings.smtp_port, settings.https_port), (25, 443));
+        assert_eq!(settings.io_timeout, Duration::from_secs(60));
+        assert_eq!(settings.https_timeout, Duration::from_secs(60));
+        assert_eq!(settings.https_unsupported_ttl, Duration::from_secs(1800));
+        assert_eq!(settings.plaintext_domains, vec!["nauta.cu".to_owned()]);
+    }
+}

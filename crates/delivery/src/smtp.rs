@@ -225,9 +225,10 @@ impl Session {
         self.expect(reply, expected)
     }
 
-    /// `reply` if its code is `expected`, else the rejection.
+    /// `reply` if its code is `expected` (for 250: any 2xx, e.g. 251 to RCPT), else the
+    /// rejection.
     fn expect(&self, reply: Reply, expected: u16) -> Result<Reply, DeliveryError> {
-        if reply.code == expected {
+        if reply.code == expected || (expected == 250 && reply.is_positive()) {
             Ok(reply)
         } else {
             Err(self.rejected(reply))
