@@ -90,6 +90,7 @@ async fn https_success_sends_envelope_headers_and_stuffed_body() {
     let requests = https.requests();
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
+    assert_eq!(request.version, hyper::Version::HTTP_2, "h2 by ALPN");
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/mxdeliv");
     assert_eq!(
@@ -553,4 +554,48 @@ async fn operator_log_lines_are_verbatim() {
         )),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn connection_error_puts_https_back_in_play() {
+    let dns = dns_with("_back.test", "mx._back.test", &[ip(V4)]).await;
+    let https = HttpsServer::start(ip(V4), 404).await;
+    let smtp = SmtpServer::start(ip(V4), 0, Script::default()).await;
+    let delivery = delivery(&dns, https.addr.port(), smtp.addr.port());
+    let deliver_once = || deliver(&delivery, "a@relay.example", &["b@_back.test"], MESSAGE);
+    assert_eq!(deliver_once().await, "250 OK (SMTP)");
+    assert_eq!(https.requests().len(), 1);
+    smtp.stop().await;
+    // HTTPS skipped (SMTP worked last time), SMTP refused: the host leaves the cache.
+    let reply = deliver_once().await;
+    assert!(
+        reply.starts_with(
+            "421 Failed to connect to any mail server; last attempt to mx._back.test: 450 "
+        ),
+        "{reply}"
+    );
+    assert_eq!(https.requests().len(), 1);
+    // So the next attempt asks HTTPS again.
+    deliver_once().await;
+    assert_eq!(https.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn bytes_after_the_starttls_reply_end_the_attempt() {
+    let dns = dns_with("_inject.test", "mx._inject.test", &[ip(V4)]).await;
+    let mut script = Script::default();
+    script.replies.insert(
+        "STARTTLS",
+        "220 go ahead\r\n250 injected before the handshake".to_owned(),
+    );
+    let smtp = SmtpServer::start(ip(V4), 0, script).await;
+    let delivery = delivery(&dns, support::free_port().await, smtp.addr.port());
+    let reply = deliver(&delivery, "a@relay.example", &["b@_inject.test"], MESSAGE).await;
+    assert_eq!(
+        reply,
+        "421 Failed to connect to any mail server; last attempt to mx._inject.test: 451 Local error"
+    );
+    let session = &smtp.sessions()[0];
+    assert!(!session.tls);
+    assert!(!session.commands.iter().any(|c| c.starts_with("MAIL")));
 }

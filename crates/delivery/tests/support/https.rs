@@ -23,6 +23,7 @@ pub struct Recorded {
     pub authority: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    pub version: hyper::Version,
 }
 
 impl Recorded {
@@ -100,6 +101,7 @@ async fn answer(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let version = request.version();
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let authority = request
@@ -134,6 +136,7 @@ async fn answer(
         authority,
         headers,
         body,
+        version,
     });
     if state.hang.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 pub struct Script {
     pub starttls: bool,
     pub pipelining: bool,
-    /// Replies replacing the defaults, by verb (`EHLO`, `MAIL`, `RCPT`, `DATA`, and `.`
+    /// Replies replacing the defaults, by verb (`EHLO`, `STARTTLS`, `MAIL`, `RCPT`, `DATA`, and `.`
     /// for the end of data); lines separated by CRLF, no final CRLF. A `RCPT` reply
     /// applies to recipients whose command contains `RCPT_MATCH` when that is set.
     pub replies: HashMap<&'static str, String>,
@@ -49,6 +49,7 @@ pub struct Session {
 pub struct SmtpServer {
     pub addr: SocketAddr,
     sessions: Arc<Mutex<Vec<Arc<Mutex<Session>>>>>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -62,7 +63,7 @@ impl SmtpServer {
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let all = sessions.clone();
         let acceptor = TlsAcceptor::from(super::self_signed_tls(&[]));
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -76,7 +77,23 @@ impl SmtpServer {
                 });
             }
         });
-        SmtpServer { addr, sessions }
+        SmtpServer {
+            addr,
+            sessions,
+            accept,
+        }
+    }
+
+    /// Stops listening: further connection attempts are refused.
+    pub async fn stop(&self) {
+        self.accept.abort();
+        for _ in 0..10_000 {
+            if self.accept.is_finished() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the SMTP server did not stop");
     }
 
     pub fn sessions(&self) -> Vec<Session> {
@@ -124,7 +141,7 @@ async fn serve(
                 send(&mut stream, &scripted.unwrap_or(reply.join("\r\n"))).await?;
             }
             "STARTTLS" if script.starttls && !tls => {
-                send(&mut stream, "220 go ahead").await?;
+                send(&mut stream, &scripted.unwrap_or("220 go ahead".to_owned())).await?;
                 let plain = stream.into_inner();
                 let encrypted = acceptor.accept(plain).await?;
                 stream = BufReader::new(Box::new(encrypted));
