@@ -33,6 +33,16 @@ pub(crate) enum Host<'a> {
     Ip(IpAddr),
 }
 
+/// As in log lines and replies: the name, or the address (IPv6 without brackets).
+impl std::fmt::Display for Host<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 /// One POST; `Ok` for any 2xx status. `limit` bounds the time until the response head.
 pub(crate) async fn post(
     client: &reqwest::Client,

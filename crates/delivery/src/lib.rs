@@ -151,118 +151,114 @@ impl RemoteDelivery {
         if recipients.is_empty() {
             return "554 No valid recipients".to_owned();
         }
-        let (hosts, relaxed, plaintext) = match destination {
-            Destination::Literal(ip) => (vec![ip.to_string()], true, false),
-            Destination::Name(name) => {
-                let hosts =
-                    match dns::mx_hosts(&self.resolver, name, self.settings.io_timeout).await {
-                        MxHosts::Hosts(hosts) => hosts,
-                        MxHosts::Reply(reply) => return reply,
-                    };
-                let plaintext = self
-                    .settings
-                    .plaintext_domains
-                    .iter()
-                    .any(|domain| domain.eq_ignore_ascii_case(name));
-                (hosts, name.starts_with('_'), plaintext)
-            }
+        let route = match self.route(destination).await {
+            Ok(route) => route,
+            Err(reply) => return reply,
         };
-        let literal = match destination {
-            Destination::Literal(ip) => Some(*ip),
-            Destination::Name(_) => None,
+        let envelope = Envelope {
+            sender,
+            recipients,
+            stuffed: wire::dot_stuffed(data),
         };
-        let stuffed = wire::dot_stuffed(data);
         let mut last_failure = None;
-        for host in &hosts {
-            let target = match literal {
-                Some(ip) => Host::Ip(ip),
-                None => Host::Name(host),
-            };
-            if !self.https_unsupported.contains(host) {
-                match self
-                    .https(&target, relaxed, sender, recipients, stuffed.clone())
-                    .await
-                {
+        for host in &route.hosts {
+            let host = host.borrowed();
+            let name = host.to_string();
+            if !self.https_unsupported.contains(&name) {
+                match self.https(host, route.relaxed, &envelope).await {
                     Ok(()) => return "250 OK (HTTPS)".to_owned(),
-                    Err(err) => tracing::debug!("HTTPS delivery to {host} failed: {err}"),
+                    Err(err) => tracing::debug!("HTTPS delivery to {name} failed: {err}"),
                 }
             }
-            match self
-                .smtp(
-                    &target, host, relaxed, plaintext, sender, recipients, &stuffed,
-                )
-                .await
-            {
+            match self.smtp(host, &route, &envelope).await {
                 Ok(()) => {
-                    self.https_unsupported.insert(host);
+                    self.https_unsupported.insert(&name);
                     return "250 OK (SMTP)".to_owned();
                 }
                 Err(err) if err.is_connection_class() => {
-                    self.https_unsupported.remove(host);
-                    tracing::warn!("Connection error relaying to mail server {host}: {err}");
-                    last_failure = Some((host, err.reply()));
+                    self.https_unsupported.remove(&name);
+                    tracing::warn!("Connection error relaying to mail server {name}: {err}");
+                    last_failure = Some((name, err.reply()));
                 }
                 Err(err @ DeliveryError::Rejected { .. }) => {
-                    tracing::warn!("Message rejected by mail server {host}: {err}");
+                    tracing::warn!("Message rejected by mail server {name}: {err}");
                     return err.reply();
                 }
                 Err(err) => {
                     tracing::warn!(
-                        "Unexpected error while delivering to mail server {host}: {err}"
+                        "Unexpected error while delivering to mail server {name}: {err}"
                     );
                     return wire::one_line(&format!(
-                        "{} (while attempting delivery to {host})",
+                        "{} (while attempting delivery to {name})",
                         err.reply()
                     ));
                 }
             }
         }
         match last_failure {
-            Some((host, reply)) => wire::one_line(&format!(
-                "421 Failed to connect to any mail server; last attempt to {host}: {reply}"
+            Some((name, reply)) => wire::one_line(&format!(
+                "421 Failed to connect to any mail server; last attempt to {name}: {reply}"
             )),
             None => "451 Local error".to_owned(),
         }
     }
 
+    /// The hosts of `destination` and its TLS policy, or the reply when there is no host.
+    async fn route(&self, destination: &Destination) -> Result<Route, String> {
+        match destination {
+            Destination::Literal(ip) => Ok(Route {
+                hosts: vec![OwnedHost::Ip(*ip)],
+                relaxed: true,
+                plaintext: false,
+            }),
+            Destination::Name(name) => {
+                match dns::mx_hosts(&self.resolver, name, self.settings.io_timeout).await {
+                    MxHosts::Reply(reply) => Err(reply),
+                    MxHosts::Hosts(hosts) => Ok(Route {
+                        hosts: hosts.into_iter().map(OwnedHost::Name).collect(),
+                        relaxed: name.starts_with('_'),
+                        plaintext: self
+                            .settings
+                            .plaintext_domains
+                            .iter()
+                            .any(|domain| domain.eq_ignore_ascii_case(name)),
+                    }),
+                }
+            }
+        }
+    }
+
     async fn https(
         &self,
-        target: &Host<'_>,
+        host: Host<'_>,
         relaxed: bool,
-        sender: &str,
-        recipients: &[String],
-        body: Vec<u8>,
+        envelope: &Envelope<'_>,
     ) -> Result<(), DeliveryError> {
         let client = if relaxed {
             &self.https_relaxed
         } else {
             &self.https_verified
         };
-        let url = https::mxdeliv_url(target, self.settings.https_port);
+        let url = https::mxdeliv_url(&host, self.settings.https_port);
         https::post(
             client,
             &url,
-            sender,
-            recipients,
-            body,
+            envelope.sender,
+            envelope.recipients,
+            envelope.stuffed.clone(),
             self.settings.https_timeout,
         )
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn smtp(
         &self,
-        target: &Host<'_>,
-        host: &str,
-        relaxed: bool,
-        plaintext: bool,
-        sender: &str,
-        recipients: &[String],
-        stuffed: &[u8],
+        host: Host<'_>,
+        route: &Route,
+        envelope: &Envelope<'_>,
     ) -> Result<(), DeliveryError> {
-        let ips = match target {
-            Host::Ip(ip) => vec![*ip],
+        let ips = match host {
+            Host::Ip(ip) => vec![ip],
             Host::Name(name) => {
                 dns::addresses(&self.resolver, name, self.settings.io_timeout).await?
             }
@@ -271,38 +267,72 @@ impl RemoteDelivery {
             .into_iter()
             .map(|ip| SocketAddr::new(ip, self.settings.smtp_port))
             .collect();
-        let security = if plaintext {
+        let security = if route.plaintext {
             Security::Plaintext
         } else {
-            let config = if relaxed {
+            let config = if route.relaxed {
                 self.tls.smtp_relaxed.clone()
             } else {
                 self.tls.smtp_verified.clone()
             };
-            Security::StartTls(config, server_name(target)?)
+            Security::StartTls(config, server_name(host)?)
         };
+        let name = host.to_string();
         smtp::deliver(
             Attempt {
-                host,
-                host_is_name: matches!(target, Host::Name(_)),
+                host: &name,
+                host_is_name: matches!(host, Host::Name(_)),
                 addrs: &addrs,
                 ehlo_name: &self.settings.ehlo_name,
                 security,
                 timeout: self.settings.io_timeout,
             },
-            sender,
-            recipients,
-            stuffed,
+            envelope.sender,
+            envelope.recipients,
+            &envelope.stuffed,
         )
         .await
     }
 }
 
+/// Where a destination's mail goes and how.
+struct Route {
+    /// MX hosts in order (or the literal's address).
+    hosts: Vec<OwnedHost>,
+    /// Any certificate accepted (literals, `_` domains); TLS still required.
+    relaxed: bool,
+    /// SMTP without TLS (the plaintext exception list).
+    plaintext: bool,
+}
+
+/// A [`Host`] that owns its name.
+enum OwnedHost {
+    Name(String),
+    Ip(std::net::IpAddr),
+}
+
+impl OwnedHost {
+    fn borrowed(&self) -> Host<'_> {
+        match self {
+            OwnedHost::Name(name) => Host::Name(name),
+            OwnedHost::Ip(ip) => Host::Ip(*ip),
+        }
+    }
+}
+
+/// One group's envelope and the data in wire form.
+struct Envelope<'a> {
+    sender: &'a str,
+    recipients: &'a [String],
+    /// The message dot-stuffed, ending in CRLF, without the final dot line.
+    stuffed: Vec<u8>,
+}
+
 /// The TLS server name: the MX name, or the literal's address.
-fn server_name(target: &Host<'_>) -> Result<rustls::pki_types::ServerName<'static>, DeliveryError> {
-    match target {
-        Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress((*ip).into())),
-        Host::Name(name) => rustls::pki_types::ServerName::try_from((*name).to_owned())
+fn server_name(host: Host<'_>) -> Result<rustls::pki_types::ServerName<'static>, DeliveryError> {
+    match host {
+        Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        Host::Name(name) => rustls::pki_types::ServerName::try_from(name.to_owned())
             .map_err(|err| DeliveryError::Tls(format!("invalid server name {name:?}: {err}"))),
     }
 }
