@@ -599,3 +599,9 @@ async fn bytes_after_the_starttls_reply_end_the_attempt() {
     assert!(!session.tls);
     assert!(!session.commands.iter().any(|c| c.starts_with("MAIL")));
 }
+
+#[tokio::test]
+async fn system_setup_reads_resolv_conf_and_the_root_store() {
+    let delivery = RemoteDelivery::system(DeliverySettings::new("relay.example"));
+    assert!(delivery.is_ok(), "{delivery:?}");
+}
