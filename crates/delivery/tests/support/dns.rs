@@ -35,7 +35,7 @@ impl DnsStub {
                 let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
                     return;
                 };
-                let Ok(query) = Message::from_vec(&buf[..len]) else {
+                let Ok(query) = Message::from_vec(buf.get(..len).unwrap_or_default()) else {
                     continue;
                 };
                 let answer = answer(&query, &table.lock().unwrap());
