@@ -38,7 +38,8 @@ use crate::tls::TlsConfigs;
 /// Everything delivery needs to know about the local relay and the timeouts.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
-    /// Our name in EHLO: the relay's `mail_domain`.
+    /// Our name in EHLO: the relay's `mail_domain` (an IP address is sent as an address
+    /// literal, `[192.0.2.1]`, as RFC 5321 §4.1.4 wants).
     pub ehlo_name: String,
     /// Port of the SMTP channel (25; tests use their own).
     pub smtp_port: u16,
@@ -283,7 +284,7 @@ impl RemoteDelivery {
                 host: &name,
                 host_is_name: matches!(host, Host::Name(_)),
                 addrs: &addrs,
-                ehlo_name: &self.settings.ehlo_name,
+                ehlo_name: &ehlo_argument(&self.settings.ehlo_name),
                 security,
                 timeout: self.settings.io_timeout,
             },
@@ -337,6 +338,16 @@ fn server_name(host: Host<'_>) -> Result<rustls::pki_types::ServerName<'static>,
     }
 }
 
+/// The EHLO argument for `name`: a bare IP address (the `mail_domain` of an IP-only
+/// relay) becomes an address literal; upstream sends it bare (spec §13 quirk 8).
+fn ehlo_argument(name: &str) -> String {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => format!("[{ip}]"),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+        Err(_) => name.to_owned(),
+    }
+}
+
 /// An envelope address we are willing to put on a command line or into a header:
 /// printable ASCII without `<`, `>` and white space (empty: the null sender).
 fn valid_envelope_address(address: &str) -> bool {
@@ -367,6 +378,13 @@ mod tests {
         for bad in ["a b@x", "a\r\n@x", "<a@x>", "a@x\u{e4}", "a\0@x"] {
             assert!(!valid_envelope_address(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ehlo_sends_ip_addresses_as_literals() {
+        assert_eq!(ehlo_argument("relay.example"), "relay.example");
+        assert_eq!(ehlo_argument("192.0.2.1"), "[192.0.2.1]");
+        assert_eq!(ehlo_argument("2001:db8::1"), "[IPv6:2001:db8::1]");
     }
 
     #[test]
