@@ -66,6 +66,18 @@ fn first_mailbox(list: &str) -> Option<String> {
                 }
                 return mailbox(addr.trim());
             }
+            '[' => {
+                // An address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`): its colons are
+                // no group separator.
+                word.push('[');
+                loop {
+                    match chars.next()? {
+                        ']' => break,
+                        other => word.push(other),
+                    }
+                }
+                word.push(']');
+            }
             ':' => word.clear(), // group name: its members follow
             ',' | ';' => {
                 if let Some(found) = mailbox(word.trim()) {
@@ -82,7 +94,12 @@ fn first_mailbox(list: &str) -> Option<String> {
 /// A bare `local@domain`: exactly the shape upstream accepts (an `@`, no blanks).
 fn mailbox(candidate: &str) -> Option<String> {
     // A source route (`@a,@b:user@host`) is obsolete syntax; its last part is the mailbox.
-    let candidate = candidate.rsplit(':').next().unwrap_or(candidate).trim();
+    // A source route (`@a.example,@b.example:user@c.example`, RFC 5321 §4.1.2) is dropped;
+    // any other colon belongs to the address (an IPv6 literal).
+    let candidate = match candidate.strip_prefix('@') {
+        Some(route) => route.split_once(':')?.1.trim(),
+        None => candidate,
+    };
     let (local, domain) = candidate.rsplit_once('@')?;
     let valid = !local.is_empty()
         && !domain.is_empty()
@@ -118,6 +135,12 @@ mod tests {
     #[case("\"Bar, Foo\" <t7@Example.org>", Some("t7@example.org"))]
     #[case("friends: t8@example.org, t9@example.org;", Some("t8@example.org"))]
     #[case("t10@example.org (comment)", Some("t10@example.org"))]
+    #[case("RCPT TO:<bob@[IPv6:::1]>", Some("bob@[ipv6:::1]"))]
+    #[case("RCPT TO:<bob@[192.0.2.1]> NOTIFY=NEVER", Some("bob@[192.0.2.1]"))]
+    #[case("Bob <bob@[IPv6:2001:db8::1]>", Some("bob@[ipv6:2001:db8::1]"))]
+    #[case("bob@[IPv6:2001:db8::1]", Some("bob@[ipv6:2001:db8::1]"))]
+    #[case("RCPT TO:<@a.example,@b.example:c@d.example>", Some("c@d.example"))]
+    #[case("bob@[IPv6:::1", None)]
     #[case("MAIL FROM:<>", None)]
     #[case("RCPT TO:<>", None)]
     #[case("MAIL FROM:<nobody>", None)]

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatmail_config::Config;
-use chatmail_delivery::RemoteDelivery;
+use chatmail_delivery::{DeliverySettings, RemoteDelivery};
 use chatmail_mailbox::Mailboxes;
 use dkim::{DkimVerifier, SystemResolver};
 use thiserror::Error;
@@ -58,6 +58,8 @@ pub enum FiltermailError {
     Signals(std::io::Error),
     #[error("setting up the DNS resolver: {0}")]
     Resolver(dkim::LookupError),
+    #[error("setting up remote delivery: {0}")]
+    Delivery(chatmail_delivery::DeliveryError),
 }
 
 /// Everything a connection needs, shared by all connections of one listener.
@@ -171,11 +173,23 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
 pub fn run_transport(config: &Config) -> Result<(), FiltermailError> {
     runtime()?.block_on(async {
         let shutdown = chatmail_daemon::shutdown_signal().map_err(FiltermailError::Signals)?;
-        let deliver = Arc::new(RemoteDelivery::default());
+        let deliver = Arc::new(
+            RemoteDelivery::system(delivery_settings(config)).map_err(FiltermailError::Delivery)?,
+        );
         let transport = Arc::new(Transport::from_config(config, deliver));
         let port = config.filtermail_lmtp_port_transport;
         listen_and_serve(config, port, transport, shutdown, None).await
     })
+}
+
+/// How transport mode reaches other relays: EHLO with `mail_domain`, their SMTP and
+/// HTTPS ports as chatmail.ini says (25 and 443 unless a test setup changes them).
+pub fn delivery_settings(config: &Config) -> DeliverySettings {
+    DeliverySettings {
+        smtp_port: config.filtermail_transport_smtp_port,
+        https_port: config.filtermail_transport_https_port,
+        ..DeliverySettings::new(&config.mail_domain)
+    }
 }
 
 /// Binds 127.0.0.1:`port`, logs `entering serving loop` and the configuration's
