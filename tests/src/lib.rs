@@ -21,6 +21,8 @@
 //! * [`postfix`]: a relay with the real Postfix in front, filtermail as its
 //!   `smtpd_proxy_filter` (skipped like Dovecot when Postfix is missing).
 //! * [`smtp`]: a minimal SMTP client, to submit mail as a client or a remote MTA would.
+//! * [`remote`]: another relay on `[::1]` (HTTPS `/mxdeliv` and SMTP with STARTTLS) for
+//!   filtermail's transport mode.
 //! * [`gateway`]: a local HTTPS push notification gateway (with its own CA) that records
 //!   what it receives.
 //! * [`templates`]: renders the Postfix and Dovecot templates in `packaging/conf/`.
@@ -40,6 +42,7 @@ pub mod lmtp;
 pub mod loopback;
 pub mod postfix;
 pub mod relay;
+pub mod remote;
 pub mod smtp;
 pub mod templates;
 pub mod tls;

@@ -15,7 +15,9 @@
 //! 587 the tests speak plaintext SMTP (TLS `may`, AUTH offered without TLS); the loopback
 //! relay, and test relays started with [`Options::require_tls`], require TLS there as a
 //! relay does. Left out, as on a relay without DKIM: OpenDKIM.
-//! Remote delivery is disabled (`default_transport` is `error:`). Every service runs
+//! Remote delivery is disabled (`default_transport` is `error:`) unless the relay is
+//! started with [`MailRelay::start_with_transport`]: then Postfix hands mail for other
+//! domains to `filtermail INI transport` over LMTP, as relay 1.12 does. Every service runs
 //! unchrooted, so absolute paths in the state dir work.
 //!
 //! What a private instance needs from Debian's package: the `postfix` user and `postdrop`
@@ -122,10 +124,15 @@ pub struct MailRelay {
     postfix_stderr: PathBuf,
     filtermail_log: PathBuf,
     filtermail_incoming_log: PathBuf,
+    filtermail_transport_log: PathBuf,
+    /// Where Postfix's `default_transport` goes: `filtermail INI transport`'s LMTP port,
+    /// or `None` for a relay that delivers nothing to other relays.
+    transport_port: Option<u16>,
     /// The Postfix master process (`master -c DIR`, in the foreground), stopped first.
     master: Option<Child>,
     filtermail: Option<Child>,
     filtermail_incoming: Option<Child>,
+    filtermail_transport: Option<Child>,
     /// Detached: Drop stops nothing.
     detached: bool,
     /// Whether filtermail incoming verifies DKIM (otherwise `FILTERMAIL_SKIP_DKIM=1`).
@@ -154,7 +161,25 @@ impl MailRelay {
         options: &Options,
         ports: Option<Ports>,
     ) -> Option<MailRelay> {
-        MailRelay::start_full(extra_ini, message_size_limit, options, ports, false)
+        MailRelay::start_full(extra_ini, message_size_limit, options, ports, false, None)
+    }
+
+    /// Like [`MailRelay::start`], plus filtermail's transport mode as Postfix's
+    /// `default_transport` (`lmtp-filtermail:inet:[127.0.0.1]:PORT`, as relay 1.12 wires
+    /// it), delivering to other relays on `target`'s ports.
+    pub fn start_with_transport(
+        extra_ini: &str,
+        message_size_limit: u64,
+        target: TransportTarget,
+    ) -> Option<MailRelay> {
+        MailRelay::start_full(
+            extra_ini,
+            message_size_limit,
+            &Options::default(),
+            None,
+            false,
+            Some(target),
+        )
     }
 
     /// Like [`MailRelay::start`], but filtermail incoming verifies DKIM as in production.
@@ -167,6 +192,7 @@ impl MailRelay {
             &Options::default(),
             None,
             true,
+            None,
         )
     }
 
@@ -176,6 +202,7 @@ impl MailRelay {
         options: &Options,
         ports: Option<Ports>,
         verify_dkim: bool,
+        transport: Option<TransportTarget>,
     ) -> Option<MailRelay> {
         require_postfix()?;
         // Free ports are only free until someone binds them: when tests start relays in
@@ -184,13 +211,23 @@ impl MailRelay {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
             let chosen = ports.unwrap_or_else(Ports::free);
+            let transport_port = transport.map(|_| free_port());
+            let transport_ini = match (transport, transport_port) {
+                (Some(target), Some(port)) => format!(
+                    "filtermail_lmtp_port_transport = {port}\n\
+                     filtermail_transport_smtp_port = {}\n\
+                     filtermail_transport_https_port = {}\n",
+                    target.smtp_port, target.https_port
+                ),
+                _ => String::new(),
+            };
             let ini = format!(
                 "filtermail_smtp_port = {}\n\
                  filtermail_smtp_port_incoming = {}\n\
                  filtermail_http_port_incoming = {}\n\
                  postfix_reinject_port = {}\n\
                  postfix_reinject_port_incoming = {}\n\
-                 {extra_ini}",
+                 {transport_ini}{extra_ini}",
                 chosen.filtermail,
                 chosen.filtermail_incoming,
                 chosen.filtermail_http_incoming,
@@ -205,9 +242,12 @@ impl MailRelay {
                 postfix_stderr: relay.path("postfix.stderr"),
                 filtermail_log: relay.path("filtermail.log"),
                 filtermail_incoming_log: relay.path("filtermail-incoming.log"),
+                filtermail_transport_log: relay.path("filtermail-transport.log"),
+                transport_port,
                 master: None,
                 filtermail: None,
                 filtermail_incoming: None,
+                filtermail_transport: None,
                 verify_dkim,
                 detached: false,
                 relay,
@@ -215,6 +255,9 @@ impl MailRelay {
             mail.filtermail = Some(mail.start_filtermail("outgoing", chosen.filtermail));
             mail.filtermail_incoming =
                 Some(mail.start_filtermail("incoming", chosen.filtermail_incoming));
+            if let Some(port) = transport_port {
+                mail.filtermail_transport = Some(mail.start_filtermail("transport", port));
+            }
             match mail.start_postfix(message_size_limit) {
                 Ok(()) => return Some(mail),
                 Err(exited) if ports.is_none() && attempt < ATTEMPTS => {
@@ -253,6 +296,7 @@ impl MailRelay {
             ("postfix", &self.master),
             ("filtermail outgoing", &self.filtermail),
             ("filtermail incoming", &self.filtermail_incoming),
+            ("filtermail transport", &self.filtermail_transport),
         ]
         .into_iter()
         .filter_map(|(name, child)| {
@@ -361,12 +405,21 @@ impl MailRelay {
         read_lossy(&self.filtermail_incoming_log)
     }
 
+    /// filtermail transport's stderr so far (empty without a transport).
+    pub fn filtermail_transport_log(&self) -> String {
+        read_lossy(&self.filtermail_transport_log)
+    }
+
     /// Every log (relay, filtermail, Postfix), for failure messages.
     pub fn logs(&self) -> String {
         let mut all = self.relay.logs();
         for (name, path) in [
             ("filtermail outgoing stderr", &self.filtermail_log),
             ("filtermail incoming stderr", &self.filtermail_incoming_log),
+            (
+                "filtermail transport stderr",
+                &self.filtermail_transport_log,
+            ),
             ("postfix stderr", &self.postfix_stderr),
             ("postfix log", &self.postfix_log),
         ] {
@@ -383,20 +436,20 @@ impl MailRelay {
     /// panics with the logs if it exits or does not listen in time.
     ///
     /// Incoming runs as vmail: it looks for the recipients' `enforceE2EEincoming` markers
-    /// inside their owner-only maildirs. Outgoing touches no mailbox and runs as the
-    /// `filtermail` user of its own.
+    /// inside their owner-only maildirs. Outgoing and transport touch no mailbox and run as
+    /// the `filtermail` user of their own.
     fn start_filtermail(&self, mode: &str, port: u16) -> Child {
-        let log_path = if mode == "outgoing" {
-            &self.filtermail_log
-        } else {
-            &self.filtermail_incoming_log
+        let log_path = match mode {
+            "outgoing" => &self.filtermail_log,
+            "incoming" => &self.filtermail_incoming_log,
+            _ => &self.filtermail_transport_log,
         };
         let log = File::create(log_path).expect("cannot create a filtermail log");
-        let (uid, gid) = if mode == "outgoing" {
-            filtermail_user()
-        } else {
+        let (uid, gid) = if mode == "incoming" {
             let vmail = self.relay.vmail();
             (vmail.uid, vmail.gid)
+        } else {
+            filtermail_user()
         };
         let mut command = Command::new(&binaries().filtermail);
         self.relay.own_group(&mut command);
@@ -479,7 +532,10 @@ impl MailRelay {
                 ("lmtp_socket", path(&self.relay.path("lmtp.socket"))),
                 (
                     "default_transport",
-                    "error:this relay delivers nothing to other relays".to_string(),
+                    match self.transport_port {
+                        Some(port) => format!("lmtp-filtermail:inet:[127.0.0.1]:{port}"),
+                        None => "error:this relay delivers nothing to other relays".to_string(),
+                    },
                 ),
                 ("inet_interfaces", "127.0.0.1".to_string()),
                 ("inet_protocols", "ipv4".to_string()),
@@ -601,12 +657,29 @@ impl Drop for MailRelay {
             &mut self.master,
             &mut self.filtermail,
             &mut self.filtermail_incoming,
+            &mut self.filtermail_transport,
         ] {
             if let Some(mut child) = child.take() {
                 stop(&mut child);
             }
         }
     }
+}
+
+/// The other relays' ports for filtermail's transport mode
+/// (`filtermail_transport_smtp_port`, `filtermail_transport_https_port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportTarget {
+    pub smtp_port: u16,
+    pub https_port: u16,
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("cannot bind a port")
 }
 
 /// A root-owned configuration file everyone may read.
