@@ -1,6 +1,6 @@
-//! The loopback relay: the whole relay ([`MailRelay`]: Postfix, filtermail, Dovecot,
-//! doveauth, lastlogin, chatmail-metadata) on 127.0.0.1 with a relay's standard ports, left
-//! running in the background until [`stop`].
+//! The loopback relay: the whole relay ([`MailRelay`]: Postfix, filtermail outgoing,
+//! incoming and transport, Dovecot, doveauth, lastlogin, chatmail-metadata) on 127.0.0.1
+//! with a relay's standard ports, left running in the background until [`stop`].
 //!
 //! [`start`] creates the state dir, starts everything, waits until each service answers,
 //! creates an example account, records every process it started in `STATE/pids` (name,
@@ -81,6 +81,7 @@ impl RelayPorts {
                 filtermail: get("filtermail")?,
                 filtermail_incoming: get("filtermail_incoming")?,
                 filtermail_http_incoming: get("filtermail_http_incoming")?,
+                filtermail_transport: get("filtermail_transport")?,
                 reinject: get("reinject")?,
                 reinject_incoming: get("reinject_incoming")?,
             },
@@ -88,7 +89,7 @@ impl RelayPorts {
     }
 
     /// Every port with its name.
-    pub fn named(&self) -> [(&'static str, u16); 10] {
+    pub fn named(&self) -> [(&'static str, u16); 11] {
         let p = &self.postfix;
         [
             ("imap", self.imap),
@@ -99,6 +100,7 @@ impl RelayPorts {
             ("filtermail", p.filtermail),
             ("filtermail_incoming", p.filtermail_incoming),
             ("filtermail_http_incoming", p.filtermail_http_incoming),
+            ("filtermail_transport", p.filtermail_transport),
             ("reinject", p.reinject),
             ("reinject_incoming", p.reinject_incoming),
         ]
@@ -276,7 +278,8 @@ pub fn stop(state_dir: &Path) -> Result<Vec<Recorded>, String> {
 }
 
 /// Waits until every service answers as a client would see it: the IMAP greetings (plain
-/// and TLS) and the SMTP banners (plain, TLS, and the reinjection ports).
+/// and TLS), the SMTP banners (plain, TLS, and the reinjection ports) and filtermail's
+/// ports (outgoing, incoming with `/mxdeliv`, transport).
 fn probe(ports: &RelayPorts) -> Result<(), String> {
     let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let p = &ports.postfix;
@@ -295,6 +298,7 @@ fn probe(ports: &RelayPorts) -> Result<(), String> {
         p.filtermail,
         p.filtermail_incoming,
         p.filtermail_http_incoming,
+        p.filtermail_transport,
     ] {
         TcpStream::connect(addr(port)).map_err(|err| format!("filtermail {port}: {err}"))?;
     }

@@ -16,8 +16,9 @@
 //! relay, and test relays started with [`Options::require_tls`], require TLS there as a
 //! relay does. Left out, as on a relay without DKIM: OpenDKIM.
 //! Remote delivery is disabled (`default_transport` is `error:`) unless the relay is
-//! started with [`MailRelay::start_with_transport`]: then Postfix hands mail for other
-//! domains to `filtermail INI transport` over LMTP, as relay 1.12 does. Every service runs
+//! started with [`MailRelay::start_with_transport`] or is the loopback relay: then Postfix
+//! hands mail for other domains to `filtermail INI transport` over LMTP, as relay 1.12
+//! does. Every service runs
 //! unchrooted, so absolute paths in the state dir work.
 //!
 //! What a private instance needs from Debian's package: the `postfix` user and `postdrop`
@@ -65,6 +66,9 @@ pub struct Ports {
     pub filtermail_incoming: u16,
     /// `filtermail_http_port_incoming` (10082): filtermail incoming's `/mxdeliv`.
     pub filtermail_http_incoming: u16,
+    /// `filtermail_lmtp_port_transport` (10083): filtermail transport, Postfix's
+    /// `default_transport`; used only by a relay started with a transport.
+    pub filtermail_transport: u16,
     /// `postfix_reinject_port` (10025).
     pub reinject: u16,
     /// `postfix_reinject_port_incoming` (10026).
@@ -80,13 +84,14 @@ impl Ports {
         filtermail: 10080,
         filtermail_incoming: 10081,
         filtermail_http_incoming: 10082,
+        filtermail_transport: 10083,
         reinject: 10025,
         reinject_incoming: 10026,
     };
 
-    /// Eight distinct ports that were free a moment ago (all bound at once, then released).
+    /// Nine distinct ports that were free a moment ago (all bound at once, then released).
     pub fn free() -> Ports {
-        let listeners: [TcpListener; 8] = std::array::from_fn(|_| {
+        let listeners: [TcpListener; 9] = std::array::from_fn(|_| {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind a port")
         });
         let [
@@ -96,6 +101,7 @@ impl Ports {
             filtermail,
             filtermail_incoming,
             filtermail_http_incoming,
+            filtermail_transport,
             reinject,
             reinject_incoming,
         ] = listeners.map(|listener| listener.local_addr().expect("local address").port());
@@ -106,14 +112,16 @@ impl Ports {
             filtermail,
             filtermail_incoming,
             filtermail_http_incoming,
+            filtermail_transport,
             reinject,
             reinject_incoming,
         }
     }
 }
 
-/// A [`Relay`] (Dovecot, doveauth, lastlogin, chatmail-metadata) plus Postfix and both
-/// filtermail instances; dropping it stops Postfix and filtermail, then the relay.
+/// A [`Relay`] (Dovecot, doveauth, lastlogin, chatmail-metadata) plus Postfix and
+/// filtermail outgoing, incoming and, with a transport, transport; dropping it stops
+/// Postfix and filtermail, then the relay.
 pub struct MailRelay {
     ports: Ports,
     /// Postfix's `config_directory` (main.cf, master.cf).
@@ -154,14 +162,24 @@ impl MailRelay {
     }
 
     /// Like [`MailRelay::start`], with the relay set up as `options` say and Postfix's and
-    /// filtermail's ports fixed (`None`: free ports).
+    /// filtermail's ports fixed (`None`: free ports). The loopback relay
+    /// ([`Options::loopback`]) is complete: it also runs filtermail's transport mode as
+    /// `default_transport`, towards other relays' standard ports 25 and 443.
     pub fn start_with(
         extra_ini: &str,
         message_size_limit: u64,
         options: &Options,
         ports: Option<Ports>,
     ) -> Option<MailRelay> {
-        MailRelay::start_full(extra_ini, message_size_limit, options, ports, false, None)
+        let transport = options.loopback.then_some(TransportTarget::STANDARD);
+        MailRelay::start_full(
+            extra_ini,
+            message_size_limit,
+            options,
+            ports,
+            false,
+            transport,
+        )
     }
 
     /// Like [`MailRelay::start`], plus filtermail's transport mode as Postfix's
@@ -211,7 +229,7 @@ impl MailRelay {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
             let chosen = ports.unwrap_or_else(Ports::free);
-            let transport_port = transport.map(|_| free_port());
+            let transport_port = transport.map(|_| chosen.filtermail_transport);
             let transport_ini = match (transport, transport_port) {
                 (Some(target), Some(port)) => format!(
                     "filtermail_lmtp_port_transport = {port}\n\
@@ -674,12 +692,12 @@ pub struct TransportTarget {
     pub https_port: u16,
 }
 
-/// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("cannot bind a port")
+impl TransportTarget {
+    /// A relay's: SMTP on 25, HTTPS on 443.
+    pub const STANDARD: TransportTarget = TransportTarget {
+        smtp_port: 25,
+        https_port: 443,
+    };
 }
 
 /// A root-owned configuration file everyone may read.

@@ -1,7 +1,8 @@
 //! The README's main command end to end: `scripts/loopback-relay start` (on free ports and
 //! in a state dir of the test's, so it can run next to other tests and a running loopback
-//! relay), then what Delta Chat would do with it over TLS, then `scripts/loopback-relay
-//! stop`, which must leave no process and no listener behind.
+//! relay), then what Delta Chat would do with it over TLS, mail to another relay handed to
+//! filtermail transport, then `scripts/loopback-relay stop`, which must leave no process
+//! and no listener behind.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -12,7 +13,11 @@ use std::time::Duration;
 
 use chatmail_e2e::binaries::workspace_root;
 use chatmail_e2e::loopback::{RelayPorts, read_pids};
-use chatmail_e2e::{DOMAIN, Imap, Smtp, poll_until, require_postfix};
+use chatmail_e2e::{DOMAIN, Imap, Smtp, poll_until, readdress, require_postfix};
+
+/// A fixture filtermail outgoing accepts (real GnuPG output).
+const ENCRYPTED: &str =
+    include_str!("../../crates/filtermail/tests/fixtures/gpg-two-recipients-signed.eml");
 
 /// Runs `scripts/loopback-relay ARGS`.
 fn script(args: &[&str]) -> Output {
@@ -50,6 +55,7 @@ fn logs(state_dir: &Path) -> String {
         "postfix.log",
         "dovecot.log",
         "filtermail.log",
+        "filtermail-transport.log",
         "doveauth.log",
     ] {
         let body = fs::read_to_string(state_dir.join(name)).unwrap_or_default();
@@ -174,6 +180,7 @@ fn start_serves_tls_and_stop_leaves_nothing() {
             "postfix",
             "filtermail outgoing",
             "filtermail incoming",
+            "filtermail transport",
             "dovecot",
             "doveauth",
             "lastlogin",
@@ -265,6 +272,45 @@ fn start_serves_tls_and_stop_leaves_nothing() {
         logs(&state_dir)
     );
     smtp.quit();
+
+    // Mail to another relay: Postfix hands it to filtermail transport, its
+    // default_transport. Postfix listens on 127.0.0.1 only, so an [::1] literal is not its
+    // own; whether the transport then reaches [::1]'s ports 443 and 25 or defers the
+    // message does not matter here, only that Postfix delivered it to the transport's port.
+    let remote_rcpt = "bob@[IPv6:::1]";
+    let mut smtp = Smtp::connect_tls(local(ports.postfix.submissions), DOMAIN)
+        .unwrap_or_else(|err| panic!("SMTPS connect: {err}\n{}", logs(&state_dir)));
+    smtp.ehlo("client.localhost").expect("EHLO");
+    let auth = smtp.auth_plain(&addr, password).expect("AUTH");
+    assert_eq!(auth.code, 235, "{auth}\n{}", logs(&state_dir));
+    let sent = smtp
+        .send(
+            &addr,
+            &[remote_rcpt],
+            &readdress(ENCRYPTED, &addr, remote_rcpt),
+        )
+        .expect("SMTP transaction");
+    assert!(sent.is_accepted(), "{sent}\n{}", logs(&state_dir));
+    smtp.quit();
+    // filtermail outgoing lower-cases the envelope it reinjects.
+    let handed_over = [
+        "to=<bob@[ipv6:::1]>".to_string(),
+        format!(
+            "relay=127.0.0.1[127.0.0.1]:{}",
+            ports.postfix.filtermail_transport
+        ),
+    ];
+    let logged = poll_until(Duration::from_secs(60), || {
+        fs::read_to_string(state_dir.join("postfix.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| handed_over.iter().all(|part| line.contains(part.as_str())))
+    });
+    assert!(
+        logged,
+        "Postfix did not hand the message to filtermail transport\n{}",
+        logs(&state_dir)
+    );
 
     // Port 25 after STARTTLS, as another relay delivers: filtermail incoming refuses
     // cleartext for a recipient whose account enforces encryption.

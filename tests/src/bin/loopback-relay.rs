@@ -5,11 +5,11 @@
 //! loopback-relay stop [--state-dir DIR]
 //! ```
 //!
-//! `start` brings up Postfix, filtermail, Dovecot, doveauth, lastlogin and
-//! chatmail-metadata with the templates in packaging/conf/, waits until each answers,
-//! prints how to log in (a `dclogin:` URL and its QR code) and returns, leaving them
-//! running. `stop` stops exactly what `start` started and removes the state dir. The logic
-//! is in `chatmail_e2e::loopback`.
+//! `start` brings up Postfix, filtermail (outgoing, incoming, transport), Dovecot,
+//! doveauth, lastlogin and chatmail-metadata with the templates in packaging/conf/, waits
+//! until each answers, prints how to log in (a `dclogin:` URL and its QR code) and
+//! returns, leaving them running. `stop` stops exactly what `start` started and removes the
+//! state dir. The logic is in `chatmail_e2e::loopback`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,8 +105,9 @@ fn print_running(running: &Running) {
   IMAP        127.0.0.1:{imaps} (TLS)   127.0.0.1:{imap} (STARTTLS)
   SMTP        127.0.0.1:{submissions} (TLS)   127.0.0.1:{submission} (STARTTLS)   login required
   MX          127.0.0.1:{smtp} (STARTTLS required, through filtermail incoming)
-  internal    filtermail 127.0.0.1:{filtermail} (outgoing) and :{filtermail_incoming} (incoming),
-              reinjection 127.0.0.1:{reinject} and :{reinject_incoming}
+  internal    filtermail 127.0.0.1:{filtermail} (outgoing), :{filtermail_incoming} (incoming),
+              :{filtermail_http_incoming} (incoming /mxdeliv), :{filtermail_transport} (transport: mail to other
+              relays, on to their HTTPS 443 or SMTP 25), reinjection 127.0.0.1:{reinject} and :{reinject_incoming}
   processes   {processes}
   files       {dir} (chatmail.ini, dovecot.conf, postfix-etc/, *.log, mail/)
 
@@ -127,6 +128,8 @@ Delta Chat logs in with this URL (scan the QR code, or paste the URL as an invit
         smtp = p.smtp,
         filtermail = p.filtermail,
         filtermail_incoming = p.filtermail_incoming,
+        filtermail_http_incoming = p.filtermail_http_incoming,
+        filtermail_transport = p.filtermail_transport,
         reinject = p.reinject,
         reinject_incoming = p.reinject_incoming,
         processes = processes.join(", "),
