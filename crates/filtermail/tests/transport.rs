@@ -4,8 +4,9 @@
 
 #![allow(clippy::indexing_slicing)]
 
+mod support;
+
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,66 +18,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use support::logs::{self, Logs};
+
 /// Every wait in these tests ends after this at the latest.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------- log capture
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(|l| l.trim_start().to_owned())
-            .collect()
-    }
-
-    fn count(&self, line: &str) -> usize {
-        self.lines().iter().filter(|l| *l == line).count()
-    }
-
-    /// Waits until `line` has been logged `times` times.
-    async fn wait_for(&self, line: &str, times: usize) {
-        let waited = tokio::time::timeout(PATIENCE, async {
-            while self.count(line) < times {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        assert!(
-            waited.is_ok(),
-            "{line:?} not logged {times} times: {:#?}",
-            self.lines()
-        );
-    }
-}
-
-/// Captures this thread's log lines as `LEVEL text` (the tests run on a current-thread
-/// runtime, so the workers log here too).
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
-}
 
 // ---------------------------------------------------------------- the scripted delivery
 
@@ -569,7 +514,7 @@ async fn deliveries_are_serial_per_destination_and_parallel_across_destinations(
 
 #[tokio::test]
 async fn a_full_queue_defers_its_recipients_with_421() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let gate = Arc::new(Semaphore::new(0));
     fake.script(
@@ -634,7 +579,7 @@ async fn a_full_queue_defers_its_recipients_with_421() {
 
 #[tokio::test]
 async fn a_full_pool_warns_and_defers_new_destinations() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let gate = Arc::new(Semaphore::new(0));
     fake.script(
@@ -676,7 +621,7 @@ async fn a_full_pool_warns_and_defers_new_destinations() {
 
 #[tokio::test]
 async fn idle_workers_leave_the_pool_and_start_again() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let setup = start(
         fake.clone(),
@@ -693,8 +638,12 @@ async fn idle_workers_leave_the_pool_and_start_again() {
         logs.count("INFO Starting worker 1 for destination a.example"),
         1
     );
-    logs.wait_for("INFO Worker 1 for domain a.example shutting down...", 1)
-        .await;
+    logs.wait_for(
+        "INFO Worker 1 for domain a.example shutting down...",
+        1,
+        PATIENCE,
+    )
+    .await;
     assert_eq!(setup.transport.pool().workers(), 0);
     // Its place in the full pool is free again: another destination gets a worker.
     assert_eq!(c.mail("a@example.org", &["x@b.example"]).await, [FAKE_OK]);
@@ -702,8 +651,12 @@ async fn idle_workers_leave_the_pool_and_start_again() {
         logs.count("INFO Starting worker 2 for destination b.example"),
         1
     );
-    logs.wait_for("INFO Worker 2 for domain b.example shutting down...", 1)
-        .await;
+    logs.wait_for(
+        "INFO Worker 2 for domain b.example shutting down...",
+        1,
+        PATIENCE,
+    )
+    .await;
     assert_eq!(c.mail("a@example.org", &["y@a.example"]).await, [FAKE_OK]);
     assert_eq!(
         logs.count("INFO Starting worker 3 for destination a.example"),
@@ -732,7 +685,7 @@ async fn idle_workers_leave_the_pool_and_start_again() {
 
 #[tokio::test]
 async fn a_dead_worker_answers_451_also_for_places_reserved_in_it() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let gate = Arc::new(Semaphore::new(0));
     fake.script("dead.example", vec![panic_after(Wait::Gate(gate.clone()))]);
@@ -768,7 +721,7 @@ async fn a_dead_worker_answers_451_also_for_places_reserved_in_it() {
 
 #[tokio::test]
 async fn the_reply_deadline_defers_late_groups_and_drops_their_queued_messages() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let gate = Arc::new(Semaphore::new(0));
     fake.script(
@@ -806,6 +759,7 @@ async fn the_reply_deadline_defers_late_groups_and_drops_their_queued_messages()
     logs.wait_for(
         "INFO Worker 1 for domain slow.example skips a message nobody waits for any more",
         1,
+        PATIENCE,
     )
     .await;
     assert_eq!(fake.started("slow.example"), 1);
@@ -840,7 +794,7 @@ async fn refusals_after_the_data_get_one_line_per_recipient() {
 
 #[tokio::test]
 async fn malformed_delivery_replies_become_one_well_formed_line() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     fake.script(
         "a.example",
@@ -880,7 +834,7 @@ async fn malformed_delivery_replies_become_one_well_formed_line() {
 /// every reservation must end in a delivery, never in a retired worker's queue.
 #[tokio::test]
 async fn idle_retirement_never_strands_a_reservation() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let fake = Arc::new(Fake::default());
     let pool = Pool::new(
         fake.clone(),

@@ -1,11 +1,13 @@
 //! Log lines of the code under test, captured as `LEVEL text`.
 //!
-//! Used by `tests/http.rs` (as `mod support`).
+//! Used by `tests/http.rs`, `tests/smtp.rs`, `tests/transport.rs` and the accept-error
+//! tests (as `mod support`).
 
 #![allow(dead_code)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -35,6 +37,26 @@ impl Logs {
     /// Whether some line is exactly `line`.
     pub fn contains(&self, line: &str) -> bool {
         self.lines().iter().any(|l| l == line)
+    }
+
+    /// How many lines are exactly `line`.
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+
+    /// Waits until `line` has been logged `times` times, at most `patience`.
+    pub async fn wait_for(&self, line: &str, times: usize, patience: Duration) {
+        let waited = tokio::time::timeout(patience, async {
+            while self.count(line) < times {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "{line:?} not logged {times} times: {:#?}",
+            self.lines()
+        );
     }
 }
 
