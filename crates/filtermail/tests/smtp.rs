@@ -3,9 +3,10 @@
 
 #![allow(clippy::indexing_slicing)]
 
-use std::io::Write;
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatmail_filtermail::limiter::SendLimiter;
@@ -16,153 +17,14 @@ use chatmail_mailbox::Mailboxes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::listener::bare_filter;
+use support::logs;
+use support::sink::{Received, Sink, SinkMode};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
-}
-
-// ---------------------------------------------------------------- log capture
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-    fn lines(&self) -> Vec<String> {
-        self.text()
-            .lines()
-            .map(|l| l.trim_start().to_owned())
-            .collect()
-    }
-}
-
-/// Captures this thread's log lines as `LEVEL text` (tests run on a current-thread
-/// runtime, so spawned tasks log here too).
-fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    (logs, tracing::subscriber::set_default(subscriber))
-}
-
-// ---------------------------------------------------------------- the Postfix stand-in
-
-/// How the sink answers.
-#[derive(Clone, Copy)]
-enum SinkMode {
-    Accept,
-    /// Reply to the final dot with this line.
-    RejectData(&'static str),
-    /// Close the connection after the first data line.
-    DieMidData,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Received {
-    mail_from: String,
-    rcpt_to: Vec<String>,
-    /// Unstuffed data, without the terminator.
-    data: Vec<u8>,
-}
-
-struct Sink {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-async fn start_sink(mode: SinkMode) -> Sink {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let store = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let _ = sink_session(stream, mode, store).await;
-            });
-        }
-    });
-    Sink { addr, received }
-}
-
-async fn sink_session(
-    stream: TcpStream,
-    mode: SinkMode,
-    store: Arc<Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    stream.get_mut().write_all(b"220 sink ESMTP\r\n").await?;
-    let mut current = Received {
-        mail_from: String::new(),
-        rcpt_to: Vec::new(),
-        data: Vec::new(),
-    };
-    loop {
-        let mut line = String::new();
-        if stream.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let line = line.trim_end().to_owned();
-        let reply: &str = if line.starts_with("EHLO") {
-            "250-sink\r\n250-PIPELINING\r\n250 8BITMIME"
-        } else if let Some(rest) = line.strip_prefix("MAIL FROM:") {
-            current.mail_from = rest.to_owned();
-            "250 2.1.0 Ok"
-        } else if let Some(rest) = line.strip_prefix("RCPT TO:") {
-            current.rcpt_to.push(rest.to_owned());
-            "250 2.1.5 Ok"
-        } else if line == "DATA" {
-            stream.get_mut().write_all(b"354 go ahead\r\n").await?;
-            loop {
-                let mut data_line = Vec::new();
-                stream.read_until(b'\n', &mut data_line).await?;
-                if let SinkMode::DieMidData = mode {
-                    return Ok(());
-                }
-                if data_line == b".\r\n" {
-                    break;
-                }
-                let content = data_line.strip_prefix(b".").unwrap_or(&data_line);
-                current.data.extend_from_slice(content);
-            }
-            match mode {
-                SinkMode::RejectData(reply) => reply,
-                _ => {
-                    store.lock().unwrap().push(current.clone());
-                    "250 2.0.0 Ok: queued as 1234"
-                }
-            }
-        } else if line == "QUIT" {
-            stream.get_mut().write_all(b"221 bye\r\n").await?;
-            return Ok(());
-        } else {
-            "502 what"
-        };
-        stream
-            .get_mut()
-            .write_all(format!("{reply}\r\n").as_bytes())
-            .await?;
-    }
 }
 
 // ---------------------------------------------------------------- the filter under test
@@ -304,7 +166,7 @@ fn plain(from: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn dialogue_replies() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     assert_eq!(
@@ -344,7 +206,7 @@ async fn one_read(stream: &mut TcpStream, buf: &mut [u8]) -> usize {
 
 #[tokio::test]
 async fn multi_line_replies_arrive_in_one_read() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut stream = TcpStream::connect(setup.addr).await.unwrap();
     let mut buf = [0u8; 1024];
@@ -368,8 +230,8 @@ async fn multi_line_replies_arrive_in_one_read() {
 
 #[tokio::test]
 async fn encrypted_mail_is_reinjected_byte_identical() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::Accept).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     c.command("EHLO localhost").await;
@@ -384,12 +246,13 @@ async fn encrypted_mail_is_reinjected_byte_identical() {
         )
         .await;
     assert_eq!(reply, "250 OK");
-    let received = sink.received.lock().unwrap().clone();
+    let received = sink.received();
     assert_eq!(
         received,
         vec![Received {
             mail_from: "<alice@example.org>".into(),
             rcpt_to: vec!["<bob@example.org>".into(), "<carol@example.org>".into()],
+            wire: stuff(&message),
             data: message,
         }]
     );
@@ -405,7 +268,7 @@ async fn encrypted_mail_is_reinjected_byte_identical() {
 
 #[tokio::test]
 async fn pipelined_transaction() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let mut batch =
@@ -420,13 +283,13 @@ async fn pipelined_transaction() {
     assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>");
     assert_eq!(c.reply().await, "250 OK");
     assert_eq!(c.reply().await, "221 OK");
-    assert_eq!(sink.received.lock().unwrap().len(), 1);
+    assert_eq!(sink.received().len(), 1);
 }
 
 #[tokio::test]
 async fn unencrypted_outgoing_is_refused_with_log_lines() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::Accept).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let reply = c
@@ -461,12 +324,12 @@ async fn unencrypted_outgoing_is_refused_with_log_lines() {
         )
         .await;
     assert_eq!(reply, "500 Invalid FROM header: ");
-    assert!(sink.received.lock().unwrap().is_empty());
+    assert!(sink.received().is_empty());
 }
 
 #[tokio::test]
 async fn rate_limit_keeps_the_connection_open() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let mut options = Options::new(Direction::Outgoing, sink.addr);
     options.burst = 2;
     let setup = start_filter(options).await;
@@ -489,8 +352,8 @@ async fn rate_limit_keeps_the_connection_open() {
 
 #[tokio::test]
 async fn envelope_edge_cases() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::Accept).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Incoming, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     assert_eq!(
@@ -519,8 +382,8 @@ async fn envelope_edge_cases() {
 
 #[tokio::test]
 async fn incoming_marker_and_bounces() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::Accept).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Incoming, sink.addr)).await;
     let maildir = setup.mailboxes.path().join("bob@example.org");
     std::fs::create_dir_all(&maildir).unwrap();
@@ -552,7 +415,7 @@ async fn incoming_marker_and_bounces() {
     c.send(&stuff(bounce)).await;
     assert_eq!(c.reply().await, "250 OK");
 
-    let received = sink.received.lock().unwrap().clone();
+    let received = sink.received();
     let senders: Vec<&str> = received.iter().map(|r| r.mail_from.as_str()).collect();
     assert_eq!(senders, ["<alice@remote.org>", "<>", "<>"]);
     assert_eq!(
@@ -569,7 +432,7 @@ async fn incoming_marker_and_bounces() {
 
 #[tokio::test]
 async fn oversized_message_gets_552_after_the_whole_body() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let mut options = Options::new(Direction::Outgoing, sink.addr);
     options.max_message_size = 2000;
     let setup = start_filter(options).await;
@@ -584,12 +447,12 @@ async fn oversized_message_gets_552_after_the_whole_body() {
         .await;
     assert_eq!(reply, "552 Message exceeds maximum size");
     assert_eq!(c.command("NOOP").await, "250 OK");
-    assert!(sink.received.lock().unwrap().is_empty());
+    assert!(sink.received().is_empty());
 }
 
 #[tokio::test]
 async fn bare_cr_in_data_is_invalid() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let reply = c
@@ -604,8 +467,8 @@ async fn bare_cr_in_data_is_invalid() {
 
 #[tokio::test]
 async fn bare_lf_closes_without_reply() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::Accept).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     c.send(b"NOOP\n").await;
@@ -643,8 +506,8 @@ async fn bare_lf_closes_without_reply() {
 
 #[tokio::test]
 async fn postfix_refusal_is_relayed_unchanged() {
-    let (logs, _guard) = capture_logs();
-    let sink = start_sink(SinkMode::RejectData("550 5.7.1 Spam go away")).await;
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::RejectData("550 5.7.1 Spam go away")).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let reply = c
@@ -661,7 +524,7 @@ async fn postfix_refusal_is_relayed_unchanged() {
 
 #[tokio::test]
 async fn reinject_target_dying_mid_transfer_gives_4xx() {
-    let sink = start_sink(SinkMode::DieMidData).await;
+    let sink = Sink::start(SinkMode::DieMidData).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let reply = c
@@ -692,7 +555,7 @@ async fn reinject_target_down_gives_451() {
 
 #[tokio::test]
 async fn eight_bit_data_is_judged_not_dropped() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let mut message = b"From: alice@example.org\r\nSubject: \xff\xfe\r\n\r\n".to_vec();
@@ -705,7 +568,7 @@ async fn eight_bit_data_is_judged_not_dropped() {
 
 #[tokio::test]
 async fn idle_peers_are_timed_out() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let mut options = Options::new(Direction::Outgoing, sink.addr);
     options.limits.command_timeout = Duration::from_millis(200);
     options.limits.data_timeout = Duration::from_millis(200);
@@ -723,12 +586,12 @@ async fn idle_peers_are_timed_out() {
     c.send(b"From: alice@example.org\r\n").await;
     assert_eq!(c.reply().await, "421 4.4.2 Timeout, closing connection");
     c.assert_closed().await;
-    assert!(sink.received.lock().unwrap().is_empty());
+    assert!(sink.received().is_empty());
 }
 
 #[tokio::test]
 async fn connections_beyond_the_cap_wait() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let mut options = Options::new(Direction::Outgoing, sink.addr);
     options.limits.max_connections = 1;
     let setup = start_filter(options).await;
@@ -749,21 +612,10 @@ async fn connections_beyond_the_cap_wait() {
 
 #[tokio::test]
 async fn shutdown_stops_accepting() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let filter = Filter {
-        direction: Direction::Incoming,
-        mailboxes: Mailboxes::new("/nonexistent"),
-        limiter: None,
-        max_message_size: 1000,
-        reinject: ReinjectTarget {
-            addr: sink.addr,
-            timeout: Duration::from_secs(5),
-        },
-        limits: Limits::default(),
-        dkim: None,
-    };
+    let filter = bare_filter(sink.addr);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, Arc::new(filter), async {
         let _ = rx.await;
@@ -782,7 +634,7 @@ async fn shutdown_stops_accepting() {
 
 #[tokio::test]
 async fn empty_message_cannot_be_parsed() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let reply = c.mail("alice@example.org", &["bob@example.org"], b"").await;
@@ -819,7 +671,7 @@ async fn replay(name: &str, script: &str) {
         Some("mode: incoming") => Direction::Incoming,
         other => panic!("{name}: first line must give the mode, not {other:?}"),
     };
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let mut options = Options::new(direction, sink.addr);
     let mut lines = lines.peekable();
     if let Some(burst) = lines.peek().and_then(|l| l.strip_prefix("burst: ")) {
@@ -871,7 +723,7 @@ async fn replay(name: &str, script: &str) {
 
 #[tokio::test]
 async fn eight_bit_mail_is_reinjected_as_8bitmime() {
-    let sink = start_sink(SinkMode::Accept).await;
+    let sink = Sink::start(SinkMode::Accept).await;
     let setup = start_filter(Options::new(Direction::Incoming, sink.addr)).await;
     let mut c = Client::connect(setup.addr).await;
     let message = "From: alice@remote.org\r\nSubject: Grüße\r\n\r\nHällo\r\n".as_bytes();
@@ -879,7 +731,7 @@ async fn eight_bit_mail_is_reinjected_as_8bitmime() {
         .mail("alice@remote.org", &["bob@example.org"], message)
         .await;
     assert_eq!(reply, "250 OK");
-    let received = sink.received.lock().unwrap().clone();
+    let received = sink.received();
     assert_eq!(received[0].mail_from, "<alice@remote.org> BODY=8BITMIME");
     assert_eq!(received[0].data, message);
 }

@@ -2,7 +2,7 @@
 //! every envelope and message (unstuffed, and as it came on the wire) and answers DATA as
 //! its mode says.
 //!
-//! Used by `tests/http.rs` (as `mod support`).
+//! Used by `tests/http.rs` and `tests/smtp.rs` (as `mod support`).
 
 #![allow(dead_code)]
 
@@ -18,6 +18,8 @@ pub enum SinkMode {
     Accept,
     /// Reply to the final dot with this (possibly multi-line, CRLF-separated) reply.
     RejectData(&'static str),
+    /// Close the connection after the first data line.
+    DieMidData,
 }
 
 /// One accepted transaction.
@@ -95,6 +97,9 @@ async fn session(
                 if stream.read_until(b'\n', &mut data_line).await? == 0 {
                     return Ok(());
                 }
+                if let SinkMode::DieMidData = mode {
+                    return Ok(());
+                }
                 current.wire.extend_from_slice(&data_line);
                 if data_line == b".\r\n" {
                     break;
@@ -104,7 +109,7 @@ async fn session(
             }
             match mode {
                 SinkMode::RejectData(reply) => reply,
-                SinkMode::Accept => {
+                SinkMode::Accept | SinkMode::DieMidData => {
                     store.lock().unwrap().push(current.clone());
                     "250 2.0.0 Ok: queued as 1234"
                 }

@@ -1,0 +1,59 @@
+//! For the tests of the listeners themselves: a filter that is never asked to judge or
+//! reinject, and a file limit that leaves room for exactly one more descriptor (so the
+//! server's next accept() fails with EMFILE).
+//!
+//! Used by `tests/smtp.rs` and the accept-error tests (as `mod support`).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatmail_filtermail::reinject::ReinjectTarget;
+use chatmail_filtermail::server::Limits;
+use chatmail_filtermail::{Direction, Filter};
+use chatmail_mailbox::Mailboxes;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// An incoming filter without mailboxes, limiter or DKIM that reinjects to `reinject`.
+pub fn bare_filter(reinject: SocketAddr) -> Filter {
+    Filter {
+        direction: Direction::Incoming,
+        mailboxes: Mailboxes::new("/nonexistent"),
+        limiter: None,
+        max_message_size: 1000,
+        reinject: ReinjectTarget {
+            addr: reinject,
+            timeout: Duration::from_secs(5),
+        },
+        limits: Limits::default(),
+        dkim: None,
+    }
+}
+
+/// The process's file limit as it was before [`FileLimit::leave_one`] lowered it.
+pub struct FileLimit {
+    soft: u64,
+    hard: u64,
+}
+
+impl FileLimit {
+    /// Lowers the soft limit so that exactly one more descriptor can be opened.
+    pub fn leave_one() -> FileLimit {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, lowest_free_fd() + 1, hard).unwrap();
+        FileLimit { soft, hard }
+    }
+
+    /// Puts the limit back.
+    pub fn restore(self) {
+        setrlimit(Resource::RLIMIT_NOFILE, self.soft, self.hard).unwrap();
+    }
+}
+
+/// The descriptor number the next socket gets (the kernel hands out the lowest free one).
+fn lowest_free_fd() -> u64 {
+    use std::os::fd::AsRawFd;
+    let probe = std::fs::File::open("/dev/null").unwrap();
+    u64::try_from(probe.as_raw_fd()).unwrap()
+}
