@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use crate::relay::set_mode;
@@ -81,17 +80,7 @@ fn tls_config() -> (String, Arc<ServerConfig>) {
     let cert = params
         .signed_by(&key, &ca, &ca_key)
         .expect("cannot issue the gateway certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .expect("the gateway's certificate and key");
-    (ca.pem(), Arc::new(config))
+    (ca.pem(), crate::tls::server_config(&cert, &key))
 }
 
 /// Serves HTTP/1.1 requests on one TLS connection (keep-alive) until the client closes it.

@@ -12,7 +12,6 @@ use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// How long the remote waits for the next line or byte of a peer.
@@ -140,17 +139,7 @@ fn tls_config() -> Arc<ServerConfig> {
     let cert = params
         .self_signed(&key)
         .expect("cannot sign the remote's certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .expect("the remote's certificate and key");
-    Arc::new(config)
+    crate::tls::server_config(&cert, &key)
 }
 
 /// Reads one line (at most [`MAX_LINE`] bytes) without its line end; `None` at EOF or error.

@@ -1,6 +1,7 @@
 //! TLS for the relay: a self-signed certificate made with the `openssl` command line (as a
 //! chatmail relay with an underscore domain makes its own), and a client that accepts any
-//! certificate, as Delta Chat does when told to (`ic=2` in a `dclogin:` URL).
+//! certificate, as Delta Chat does when told to (`ic=2` in a `dclogin:` URL); and the
+//! server side of the test's own TLS servers (push gateway, remote relay).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,8 +12,11 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, SignatureScheme,
+    StreamOwned,
+};
 
 /// Where the `openssl` command line lives on Debian (package `openssl`).
 pub const OPENSSL: &str = "/usr/bin/openssl";
@@ -54,6 +58,22 @@ pub fn self_signed(domain: &str, cert: &Path, key: &Path) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A server configuration (no ALPN, so HTTP/1.1 for HTTPS clients) presenting `cert`,
+/// whose key is `key`: for the test's own TLS servers.
+pub fn server_config(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("a certificate and its key");
+    Arc::new(config)
 }
 
 /// A TLS connection to a relay service, certificate not checked.
