@@ -49,6 +49,9 @@ use crate::templates::render_template;
 /// How long Postfix and filtermail may take to listen after start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// After the last expected message arrived, how long [`MailRelay::delivered`] waits to be
+/// sure nothing else follows.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// The ports of one relay, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,6 +409,26 @@ impl MailRelay {
             }
             sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Waits up to `timeout` until `addr` has `count` messages, then a little longer, and
+    /// asserts that no more arrived (a refused message that was queued after all would show
+    /// up here); returns them.
+    pub fn delivered(&self, addr: &str, count: usize, timeout: Duration) -> Vec<String> {
+        self.wait_for_messages(addr, count, timeout);
+        sleep(SETTLE);
+        let messages = self.messages(addr);
+        assert_eq!(messages.len(), count, "{addr}\n{}", self.logs());
+        messages
+    }
+
+    /// Whether `addr` has the `enforceE2EEincoming` marker doveauth creates with a new
+    /// account (filtermail incoming then refuses cleartext mail to it).
+    pub fn enforces_e2ee_incoming(&self, addr: &str) -> bool {
+        self.relay
+            .maildir(addr)
+            .join("enforceE2EEincoming")
+            .exists()
     }
 
     /// Postfix's log so far.

@@ -12,8 +12,6 @@ use chatmail_e2e::{MailRelay, readdress};
 const PASSWORD: &str = "correct-horse-9";
 /// How long a message accepted by Postfix may take to reach the maildir.
 const DELIVERY: Duration = Duration::from_secs(30);
-/// After the message arrived, how long to be sure nothing else follows.
-const SETTLE: Duration = Duration::from_millis(500);
 /// Postfix's `message_size_limit`: above filtermail's default `max_message_size`.
 const NO_POSTFIX_LIMIT: u64 = 64 * 1024 * 1024;
 /// A fixture filtermail accepts (real GnuPG output).
@@ -81,9 +79,7 @@ fn encrypted_mail_reaches_the_mailbox_through_the_reinjection_port() {
     let message = format!("{}.dot line\r\n", readdress(ENCRYPTED, REMOTE, &bob));
     let (status, body) = post(&mail, REMOTE, &[&bob], &message);
     assert_eq!((status, body.as_str()), (200, "250 OK"), "{}", mail.logs());
-    mail.wait_for_messages(&bob, 1, DELIVERY);
-    std::thread::sleep(SETTLE);
-    let messages = mail.messages(&bob);
+    let messages = mail.delivered(&bob, 1, DELIVERY);
     let [delivered] = messages.as_slice() else {
         panic!("{} messages\n{}", messages.len(), mail.logs());
     };
@@ -119,10 +115,7 @@ fn cleartext_for_an_account_enforcing_encryption_gets_400_523() {
     };
     let bob = mail.create_account("bob000032", PASSWORD);
     assert!(
-        mail.relay()
-            .maildir(&bob)
-            .join("enforceE2EEincoming")
-            .exists(),
+        mail.enforces_e2ee_incoming(&bob),
         "doveauth did not create enforceE2EEincoming"
     );
     let message = format!(
@@ -136,8 +129,7 @@ fn cleartext_for_an_account_enforcing_encryption_gets_400_523() {
         "{}",
         mail.logs()
     );
-    std::thread::sleep(SETTLE);
-    assert!(mail.messages(&bob).is_empty(), "{}", mail.logs());
+    mail.delivered(&bob, 0, DELIVERY);
 }
 
 #[test]

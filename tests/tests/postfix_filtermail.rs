@@ -9,8 +9,6 @@ use chatmail_e2e::{MailRelay, Sent, readdress};
 const PASSWORD: &str = "correct-horse-9";
 /// How long a message accepted by Postfix may take to reach the maildir.
 const DELIVERY: Duration = Duration::from_secs(30);
-/// After the last accepted message arrived, how long to be sure nothing else follows.
-const SETTLE: Duration = Duration::from_millis(500);
 
 /// A fixture filtermail accepts in both directions (real GnuPG output, two PKESKs, signed
 /// inside the SEIPD).
@@ -23,19 +21,9 @@ const INI: &str = "";
 /// default `max_message_size` (30 MiB).
 const NO_POSTFIX_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// Waits until `addr` has `count` messages, then a little longer, and asserts that no
-/// more arrived (a refused message that was queued after all would show up here).
-fn delivered(mail: &MailRelay, addr: &str, count: usize) -> Vec<String> {
-    mail.wait_for_messages(addr, count, DELIVERY);
-    std::thread::sleep(SETTLE);
-    let messages = mail.messages(addr);
-    assert_eq!(messages.len(), count, "{}", mail.logs());
-    messages
-}
-
 /// The one message `addr` receives.
 fn delivered_one(mail: &MailRelay, addr: &str) -> String {
-    delivered(mail, addr, 1)
+    mail.delivered(addr, 1, DELIVERY)
         .into_iter()
         .next()
         .expect("one message")
@@ -71,6 +59,13 @@ fn receive(mail: &MailRelay, from: &str, to: &str, message: &str) -> Sent {
         .unwrap_or_else(|err| panic!("port 25: {err}\n{}", mail.logs()));
     smtp.quit();
     sent
+}
+
+/// Asserts that `sent` was refused at `step` with `code` and a reply containing `text`.
+fn assert_refused(mail: &MailRelay, sent: &Sent, step: &str, code: u16, text: &str) {
+    assert_eq!(sent.step, step, "{sent}\n{}", mail.logs());
+    assert_eq!(sent.reply.code, code, "{sent}\n{}", mail.logs());
+    assert!(sent.reply.text.contains(text), "{sent}\n{}", mail.logs());
 }
 
 #[test]
@@ -113,13 +108,12 @@ fn plain_submission_is_refused_with_523() {
     let bob = mail.create_account("bob000002", PASSWORD);
 
     let sent = submit(&mail, &alice, &bob, &plain(&alice, &bob));
-    assert_eq!(sent.step, ".", "{sent}\n{}", mail.logs());
-    assert_eq!(sent.reply.code, 523, "{sent}\n{}", mail.logs());
-    assert!(
-        sent.reply
-            .text
-            .contains("Encryption Needed: Invalid Unencrypted Mail"),
-        "{sent}"
+    assert_refused(
+        &mail,
+        &sent,
+        ".",
+        523,
+        "Encryption Needed: Invalid Unencrypted Mail",
     );
     assert!(
         mail.filtermail_log()
@@ -178,15 +172,8 @@ fn rate_limit_answers_450_after_the_burst() {
     );
     // Postfix opens the proxy connection at the first RCPT, so filtermail's reply to
     // MAIL FROM reaches the client as the reply to RCPT.
-    assert_eq!(refused.step, "RCPT", "{refused}\n{}", mail.logs());
-    assert_eq!(refused.reply.code, 450, "{refused}\n{}", mail.logs());
-    assert!(
-        refused
-            .reply
-            .text
-            .contains(&format!("4.7.1: Too much mail from {alice}")),
-        "{refused}"
-    );
+    let too_much = format!("4.7.1: Too much mail from {alice}");
+    assert_refused(&mail, &refused, "RCPT", 450, &too_much);
     eprintln!("rate limit: {accepted} accepted, then {refused}");
 
     // The refusal is temporary: a second later one message passes again, on the same
@@ -200,7 +187,7 @@ fn rate_limit_answers_450_after_the_burst() {
     smtp.quit();
 
     let count = usize::try_from(accepted).expect("small");
-    delivered(&mail, &bob, count);
+    mail.delivered(&bob, count, DELIVERY);
 }
 
 #[test]
@@ -222,14 +209,8 @@ fn oversize_message_gets_552() {
     };
 
     let sent = submit(&mail, &alice, &bob, &padded(30_000));
-    assert_eq!(sent.step, ".", "{sent}\n{}", mail.logs());
-    assert_eq!(sent.reply.code, 552, "{sent}\n{}", mail.logs());
     // filtermail's text, relayed by Postfix as it is; Postfix's own has `5.3.4`.
-    assert!(
-        sent.reply.text.contains("Message exceeds maximum size"),
-        "not filtermail's 552: {sent}\n{}",
-        mail.logs()
-    );
+    assert_refused(&mail, &sent, ".", 552, "Message exceeds maximum size");
 
     let sent = submit(&mail, &alice, &bob, &padded(100_000));
     assert_eq!(sent.reply.code, 552, "{sent}\n{}", mail.logs());
@@ -254,22 +235,18 @@ fn incoming_encrypted_arrives_and_plain_is_refused_with_523() {
     };
     let bob = mail.create_account("bob000005", PASSWORD);
     assert!(
-        mail.relay()
-            .maildir(&bob)
-            .join("enforceE2EEincoming")
-            .exists(),
+        mail.enforces_e2ee_incoming(&bob),
         "doveauth did not create enforceE2EEincoming"
     );
     let remote = "carol@example.org";
 
     let sent = receive(&mail, remote, &bob, &plain(remote, &bob));
-    assert_eq!(sent.step, ".", "{sent}\n{}", mail.logs());
-    assert_eq!(sent.reply.code, 523, "{sent}\n{}", mail.logs());
-    assert!(
-        sent.reply
-            .text
-            .contains("Encryption Needed: Invalid Unencrypted Mail"),
-        "{sent}"
+    assert_refused(
+        &mail,
+        &sent,
+        ".",
+        523,
+        "Encryption Needed: Invalid Unencrypted Mail",
     );
 
     let sent = receive(&mail, remote, &bob, &encrypted(remote, &bob));
@@ -301,13 +278,7 @@ fn incoming_without_dkim_signature_is_refused_with_554() {
     let remote = "carol@example.org";
     // Encrypted, so only the origin check can refuse it.
     let sent = receive(&mail, remote, &bob, &encrypted(remote, &bob));
-    assert_eq!(sent.step, ".", "{sent}\n{}", mail.logs());
-    assert_eq!(sent.reply.code, 554, "{sent}\n{}", mail.logs());
-    assert!(
-        sent.reply.text.contains("No DKIM signature found"),
-        "{sent}\n{}",
-        mail.logs()
-    );
+    assert_refused(&mail, &sent, ".", 554, "No DKIM signature found");
     // A domain-literal sender is not checked.
     let literal = "carol@[192.0.2.1]";
     let sent = receive(&mail, literal, &bob, &encrypted(literal, &bob));
@@ -347,15 +318,12 @@ fn submission_requires_login_as_the_sender() {
         .send(&alice, &[&bob], &encrypted(&alice, &bob))
         .unwrap_or_else(|err| panic!("submission: {err}\n{}", mail.logs()));
     smtp.quit();
-    assert_eq!(sent.step, "RCPT", "{sent}\n{}", mail.logs());
-    assert_eq!(sent.reply.code, 553, "{sent}\n{}", mail.logs());
-    assert!(sent.reply.text.contains("not owned by user"), "{sent}");
+    assert_refused(&mail, &sent, "RCPT", 553, "not owned by user");
 
     assert!(
         !mail.filtermail_log().contains("Filtering"),
         "{}",
         mail.logs()
     );
-    std::thread::sleep(SETTLE);
-    assert!(mail.messages(&bob).is_empty(), "{}", mail.logs());
+    mail.delivered(&bob, 0, DELIVERY);
 }
