@@ -59,6 +59,18 @@ fn submit(mail: &MailRelay, from: &str, to: &[&str], message: &str) -> Sent {
     sent
 }
 
+/// Starts the relay with filtermail transport delivering to `target`, creates alice and
+/// submits the encrypted fixture from her to [`REMOTE_RCPT`], which Postfix accepts.
+/// Returns the relay, alice's address and the message; `None` where the relay cannot run.
+fn submitted_to_remote(target: TransportTarget) -> Option<(MailRelay, String, String)> {
+    let mail = MailRelay::start_with_transport("", NO_POSTFIX_LIMIT, target)?;
+    let alice = mail.create_account("alice0001", PASSWORD);
+    let message = readdress(ENCRYPTED, &alice, REMOTE_RCPT);
+    let sent = submit(&mail, &alice, &[REMOTE_RCPT], &message);
+    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
+    Some((mail, alice, message))
+}
+
 /// Waits until Postfix's log has a line containing every one of `needles`; returns it.
 fn postfix_logged(mail: &MailRelay, needles: &[&str]) -> String {
     let deadline = Instant::now() + DELIVERY;
@@ -96,6 +108,15 @@ fn arrivals(remote: &RemoteRelay, mail: &MailRelay, count: usize) -> Vec<Arrival
     }
 }
 
+/// Waits for the one arrival at the other relay.
+fn one_arrival(remote: &RemoteRelay, mail: &MailRelay) -> Arrival {
+    let arrivals = arrivals(remote, mail, 1);
+    let [arrival] = arrivals.as_slice() else {
+        panic!("one arrival expected: {arrivals:?}");
+    };
+    arrival.clone()
+}
+
 /// The message body (after the first blank line) with CRLF line ends.
 fn body(message: &str) -> &str {
     message
@@ -115,21 +136,14 @@ fn unstuffed(data: &[u8]) -> String {
 #[test]
 fn encrypted_mail_to_another_relay_goes_over_https() {
     let remote = RemoteRelay::start(Script::default());
-    let Some(mail) = MailRelay::start_with_transport("", NO_POSTFIX_LIMIT, target(&remote)) else {
+    let Some((mail, alice, message)) = submitted_to_remote(target(&remote)) else {
         return;
     };
-    let alice = mail.create_account("alice0001", PASSWORD);
-    let message = readdress(ENCRYPTED, &alice, REMOTE_RCPT);
-    let sent = submit(&mail, &alice, &[REMOTE_RCPT], &message);
-    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
 
     let line = postfix_logged(&mail, &["status=sent", "250 OK (HTTPS)"]);
     // filtermail outgoing lower-cases the envelope it reinjects, as upstream does.
     assert!(line.contains("to=<bob@[ipv6:::1]>"), "{line}");
-    let arrivals = arrivals(&remote, &mail, 1);
-    let [arrival] = arrivals.as_slice() else {
-        panic!("one arrival expected: {arrivals:?}");
-    };
+    let arrival = one_arrival(&remote, &mail);
     assert_eq!(arrival.channel, "https");
     assert_eq!(arrival.sender, alice);
     let [recipient] = arrival.recipients.as_slice() else {
@@ -153,19 +167,12 @@ fn refused_https_falls_back_to_smtp_with_starttls() {
         https_status: 500,
         ..Script::default()
     });
-    let Some(mail) = MailRelay::start_with_transport("", NO_POSTFIX_LIMIT, target(&remote)) else {
+    let Some((mail, alice, message)) = submitted_to_remote(target(&remote)) else {
         return;
     };
-    let alice = mail.create_account("alice0001", PASSWORD);
-    let message = readdress(ENCRYPTED, &alice, REMOTE_RCPT);
-    let sent = submit(&mail, &alice, &[REMOTE_RCPT], &message);
-    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
 
     postfix_logged(&mail, &["status=sent", "250 OK (SMTP)"]);
-    let arrivals = arrivals(&remote, &mail, 1);
-    let [arrival] = arrivals.as_slice() else {
-        panic!("one arrival expected: {arrivals:?}");
-    };
+    let arrival = one_arrival(&remote, &mail);
     assert_eq!(arrival.channel, "smtp");
     assert!(arrival.tls, "the data crossed without TLS");
     assert_eq!(arrival.sender, alice);
@@ -178,13 +185,9 @@ fn recipient_refused_by_the_other_relay_bounces_to_the_sender() {
         https_status: 500,
         rcpt_reply: "550 5.1.1 No such user here".into(),
     });
-    let Some(mail) = MailRelay::start_with_transport("", NO_POSTFIX_LIMIT, target(&remote)) else {
+    let Some((mail, alice, _message)) = submitted_to_remote(target(&remote)) else {
         return;
     };
-    let alice = mail.create_account("alice0001", PASSWORD);
-    let message = readdress(ENCRYPTED, &alice, REMOTE_RCPT);
-    let sent = submit(&mail, &alice, &[REMOTE_RCPT], &message);
-    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
 
     let line = postfix_logged(&mail, &["status=bounced", "No such user here"]);
     assert!(line.contains("550"), "{line}");
@@ -199,14 +202,9 @@ fn recipient_refused_by_the_other_relay_bounces_to_the_sender() {
 
 #[test]
 fn unreachable_relay_defers_and_postfix_keeps_the_message() {
-    let Some(mail) = MailRelay::start_with_transport("", NO_POSTFIX_LIMIT, unreachable_target())
-    else {
+    let Some((mail, _alice, _message)) = submitted_to_remote(unreachable_target()) else {
         return;
     };
-    let alice = mail.create_account("alice0001", PASSWORD);
-    let message = readdress(ENCRYPTED, &alice, REMOTE_RCPT);
-    let sent = submit(&mail, &alice, &[REMOTE_RCPT], &message);
-    assert!(sent.is_accepted(), "{sent}\n{}", mail.logs());
 
     let line = postfix_logged(&mail, &["status=deferred", "Failed to connect"]);
     assert!(line.contains("421"), "{line}");
