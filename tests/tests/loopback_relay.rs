@@ -64,6 +64,27 @@ fn logs(state_dir: &Path) -> String {
     all
 }
 
+/// Logs in on `smtp` (after EHLO) as `addr` and sends a cleartext message to itself:
+/// filtermail refuses it with 523 at the final dot.
+fn cleartext_is_refused(mut smtp: Smtp, addr: &str, password: &str, state_dir: &Path) {
+    let auth = smtp.auth_plain(addr, password).expect("AUTH");
+    assert_eq!(auth.code, 235, "{auth}\n{}", logs(state_dir));
+    let message = format!(
+        "From: <{addr}>\r\nTo: <{addr}>\r\nSubject: hi\r\nMessage-ID: <plain@localhost>\r\n\
+         \r\nThis is not encrypted.\r\n"
+    );
+    let sent = smtp
+        .send(addr, &[addr], &message)
+        .expect("SMTP transaction");
+    assert_eq!(
+        (sent.step, sent.reply.code),
+        (".", 523),
+        "{sent}\n{}",
+        logs(state_dir)
+    );
+    smtp.quit();
+}
+
 /// The local addresses (`IP:port`) of every listening TCP socket and bound UDP socket held
 /// by the processes `roots` or their descendants, from `/proc`.
 fn listening_sockets(roots: &[u32]) -> Vec<String> {
@@ -238,40 +259,14 @@ fn start_serves_tls_and_stop_leaves_nothing() {
     let mut smtp = Smtp::connect_tls(local(ports.postfix.submissions), DOMAIN)
         .unwrap_or_else(|err| panic!("SMTPS connect: {err}\n{}", logs(&state_dir)));
     smtp.ehlo("client.localhost").expect("EHLO");
-    let auth = smtp.auth_plain(&addr, password).expect("AUTH");
-    assert_eq!(auth.code, 235, "{auth}\n{}", logs(&state_dir));
-    let message = format!(
-        "From: <{addr}>\r\nTo: <{addr}>\r\nSubject: hi\r\nMessage-ID: <plain@localhost>\r\n\
-         \r\nThis is not encrypted.\r\n"
-    );
-    let sent = smtp
-        .send(&addr, &[&addr], &message)
-        .expect("SMTP transaction");
-    assert_eq!(
-        (sent.step, sent.reply.code),
-        (".", 523),
-        "{sent}\n{}",
-        logs(&state_dir)
-    );
-    smtp.quit();
+    cleartext_is_refused(smtp, &addr, password, &state_dir);
 
     // Submission (587) after STARTTLS: the same.
     let mut smtp = Smtp::connect_starttls(local(ports.postfix.submission), DOMAIN)
         .unwrap_or_else(|err| panic!("587 STARTTLS: {err}\n{}", logs(&state_dir)));
     let ehlo = smtp.ehlo("client.localhost").expect("EHLO after STARTTLS");
     assert!(ehlo.text.contains("AUTH"), "{ehlo}");
-    let auth = smtp.auth_plain(&addr, password).expect("AUTH");
-    assert_eq!(auth.code, 235, "{auth}\n{}", logs(&state_dir));
-    let sent = smtp
-        .send(&addr, &[&addr], &message)
-        .expect("SMTP transaction");
-    assert_eq!(
-        (sent.step, sent.reply.code),
-        (".", 523),
-        "{sent}\n{}",
-        logs(&state_dir)
-    );
-    smtp.quit();
+    cleartext_is_refused(smtp, &addr, password, &state_dir);
 
     // Mail to another relay: Postfix hands it to filtermail transport, its
     // default_transport. Postfix listens on 127.0.0.1 only, so an [::1] literal is not its
