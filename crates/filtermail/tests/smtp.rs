@@ -17,6 +17,7 @@ use chatmail_mailbox::Mailboxes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::client::Client;
 use support::listener::bare_filter;
 use support::logs;
 use support::sink::{Received, Sink, SinkMode};
@@ -77,49 +78,8 @@ async fn start_filter(options: Options) -> Setup {
     Setup { addr, mailboxes }
 }
 
-/// A client that sends raw bytes and reads whole replies.
-struct Client {
-    stream: BufReader<TcpStream>,
-}
-
+/// The SMTP transaction of these tests.
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let mut client = Client {
-            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
-        };
-        assert_eq!(client.reply().await, "220 filtermail SMTP");
-        client
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.get_mut().write_all(bytes).await.unwrap();
-    }
-
-    /// One reply, continuation lines joined with `\n`.
-    async fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut line))
-                .await
-                .expect("reply in time")
-                .unwrap();
-            assert!(n > 0, "connection closed; got so far: {lines:?}");
-            assert!(line.ends_with("\r\n"), "{line:?}");
-            let line = line.trim_end_matches(['\r', '\n']).to_owned();
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line);
-            if !more {
-                return lines.join("\n");
-            }
-        }
-    }
-
-    async fn command(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
     /// MAIL, RCPTs, DATA and the stuffed message; returns the reply to the final dot.
     async fn mail(&mut self, from: &str, to: &[&str], message: &[u8]) -> String {
         assert_eq!(self.command(&format!("MAIL FROM:<{from}>")).await, "250 OK");
@@ -132,20 +92,6 @@ impl Client {
         );
         self.send(&stuff(message)).await;
         self.reply().await
-    }
-
-    async fn assert_closed(&mut self) {
-        let mut rest = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut rest))
-            .await
-            .expect("closed in time")
-            .unwrap();
-        assert_eq!(
-            n,
-            0,
-            "unexpected bytes: {:?}",
-            String::from_utf8_lossy(&rest)
-        );
     }
 }
 

@@ -14,10 +14,10 @@ use std::time::Duration;
 use chatmail_delivery::Destination;
 use chatmail_filtermail::server::{Limits, serve};
 use chatmail_filtermail::transport::{Deliver, Pool, Transport, TransportLimits};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use support::client::Client;
 use support::logs::{self, Logs};
 
 /// Every wait in these tests ends after this at the latest.
@@ -242,51 +242,17 @@ async fn start_sized(fake: Arc<Fake>, limits: TransportLimits, max_size: u64) ->
     Setup { addr, transport }
 }
 
-/// An LMTP client as Postfix's: LHLO, MAIL, RCPTs, DATA, one reply line per recipient.
-struct Client {
-    stream: BufReader<TcpStream>,
-}
-
+/// The LMTP side of the client, as Postfix's: LHLO, MAIL, RCPTs, DATA, one reply line per
+/// recipient.
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let mut client = Client {
-            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
-        };
-        assert_eq!(client.line().await, "220 filtermail SMTP");
+    /// Connects and says LHLO.
+    async fn lhlo(addr: SocketAddr) -> Client {
+        let mut client = Client::connect(addr).await;
         assert_eq!(
             client.command("LHLO relay.example").await,
             "250-filtermail\n250-8BITMIME\n250 OK"
         );
         client
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.get_mut().write_all(bytes).await.unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        let mut line = String::new();
-        let n = tokio::time::timeout(PATIENCE, self.stream.read_line(&mut line))
-            .await
-            .expect("reply in time")
-            .unwrap();
-        assert!(n > 0, "connection closed");
-        assert!(line.ends_with("\r\n"), "{line:?}");
-        line.trim_end_matches(['\r', '\n']).to_owned()
-    }
-
-    /// One reply, continuation lines joined with `\n`.
-    async fn reply(&mut self) -> String {
-        let mut lines = vec![self.line().await];
-        while lines.last().unwrap().as_bytes().get(3) == Some(&b'-') {
-            lines.push(self.line().await);
-        }
-        lines.join("\n")
-    }
-
-    async fn command(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
     }
 
     /// MAIL and RCPTs, each expected to get `250 OK`.
@@ -348,7 +314,7 @@ async fn one_line_per_recipient_in_rcpt_order_across_destinations() {
     fake.script("b.example", vec![reply("450 4.2.0 b is busy")]);
     fake.script("c.example", vec![reply("550 5.1.1 no such user")]);
     let setup = start(fake.clone(), limits()).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     let lines = c
         .mail(
             "Sender@Example.org",
@@ -409,7 +375,7 @@ async fn one_line_per_recipient_in_rcpt_order_across_destinations() {
 async fn every_group_gets_the_unstuffed_data_from_one_shared_copy() {
     let fake = Arc::new(Fake::default());
     let setup = start(fake.clone(), limits()).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     c.envelope(
         "a@example.org",
         &["x@one.example", "y@two.example", "z@[192.0.2.7]"],
@@ -440,7 +406,7 @@ async fn every_group_gets_the_unstuffed_data_from_one_shared_copy() {
 async fn addresses_without_destination_get_553_and_are_not_delivered() {
     let fake = Arc::new(Fake::default());
     let setup = start(fake.clone(), limits()).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     assert_eq!(c.command("MAIL FROM:<>").await, "250 OK");
     for (rcpt, reply) in [
         ("<a@b@c>", "553 Invalid email address: a@b@c"),
@@ -488,7 +454,7 @@ async fn deliveries_are_serial_per_destination_and_parallel_across_destinations(
     let slow = || after(Wait::Sleep(Duration::from_millis(50)), FAKE_OK);
     fake.script("s.example", vec![slow(), slow(), slow(), slow()]);
     let setup = start(fake.clone(), limits()).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     let lines = c
         .mail("a@example.org", &["x@a.example", "y@b.example"])
         .await;
@@ -500,7 +466,7 @@ async fn deliveries_are_serial_per_destination_and_parallel_across_destinations(
     for i in 0..4 {
         let addr = setup.addr;
         clients.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr).await;
+            let mut c = Client::lhlo(addr).await;
             c.mail("a@example.org", &[&format!("r{i}@s.example")]).await
         }));
     }
@@ -533,16 +499,16 @@ async fn a_full_queue_defers_its_recipients_with_421() {
     )
     .await;
     // A: in delivery, held by the gate.
-    let mut a = Client::connect(setup.addr).await;
+    let mut a = Client::lhlo(setup.addr).await;
     a.envelope("a@example.org", &["a@slow.example"]).await;
     a.data(MESSAGE).await;
     fake.wait_started("slow.example", 1).await;
     // B: takes the one place in the queue.
-    let mut b = Client::connect(setup.addr).await;
+    let mut b = Client::lhlo(setup.addr).await;
     b.envelope("b@example.org", &["b@slow.example"]).await;
     b.data(MESSAGE).await;
     // C: no place for slow.example, one for ok.example.
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     let lines = c
         .mail(
             "c@example.org",
@@ -551,7 +517,7 @@ async fn a_full_queue_defers_its_recipients_with_421() {
         .await;
     assert_eq!(lines, ["421 Transport busy", FAKE_OK, "421 Transport busy"]);
     // D: no place for any recipient: refused before the data.
-    let mut d = Client::connect(setup.addr).await;
+    let mut d = Client::lhlo(setup.addr).await;
     d.envelope("d@example.org", &["d@slow.example"]).await;
     assert_eq!(d.command("DATA").await, "421 Transport busy");
     assert_eq!(d.command("RSET").await, "250 OK");
@@ -594,7 +560,7 @@ async fn a_full_pool_warns_and_defers_new_destinations() {
         },
     )
     .await;
-    let mut a = Client::connect(setup.addr).await;
+    let mut a = Client::lhlo(setup.addr).await;
     a.envelope("a@example.org", &["a@one.example"]).await;
     a.data(MESSAGE).await;
     fake.wait_started("one.example", 1).await;
@@ -602,7 +568,7 @@ async fn a_full_pool_warns_and_defers_new_destinations() {
     let warning = "WARN Worker pool operating at maximum capacity! Messages to new destinations \
                    will be deferred.";
     assert_eq!(logs.count(warning), 0);
-    let mut b = Client::connect(setup.addr).await;
+    let mut b = Client::lhlo(setup.addr).await;
     b.envelope("b@example.org", &["b@two.example"]).await;
     assert_eq!(b.command("DATA").await, "421 Transport busy");
     assert_eq!(logs.count(warning), 1);
@@ -632,7 +598,7 @@ async fn idle_workers_leave_the_pool_and_start_again() {
         },
     )
     .await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     assert_eq!(c.mail("a@example.org", &["x@a.example"]).await, [FAKE_OK]);
     assert_eq!(
         logs.count("INFO Starting worker 1 for destination a.example"),
@@ -691,13 +657,13 @@ async fn a_dead_worker_answers_451_also_for_places_reserved_in_it() {
     fake.script("dead.example", vec![panic_after(Wait::Gate(gate.clone()))]);
     let setup = start(fake.clone(), limits()).await;
     // A: in delivery to dead.example (worker 1) and fine.example (worker 2).
-    let mut a = Client::connect(setup.addr).await;
+    let mut a = Client::lhlo(setup.addr).await;
     a.envelope("a@example.org", &["x@dead.example", "y@fine.example"])
         .await;
     a.data(MESSAGE).await;
     fake.wait_started("dead.example", 1).await;
     // B reserves a place in the queue of the worker about to die.
-    let mut b = Client::connect(setup.addr).await;
+    let mut b = Client::lhlo(setup.addr).await;
     b.envelope("b@example.org", &["z@dead.example"]).await;
 
     gate.add_permits(1);
@@ -736,7 +702,7 @@ async fn the_reply_deadline_defers_late_groups_and_drops_their_queued_messages()
         },
     )
     .await;
-    let mut a = Client::connect(setup.addr).await;
+    let mut a = Client::lhlo(setup.addr).await;
     let lines = a
         .mail("a@example.org", &["x@slow.example", "y@fast.example"])
         .await;
@@ -773,7 +739,7 @@ async fn the_reply_deadline_defers_late_groups_and_drops_their_queued_messages()
 async fn refusals_after_the_data_get_one_line_per_recipient() {
     let fake = Arc::new(Fake::default());
     let setup = start_sized(fake.clone(), limits(), 100).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     c.envelope("a@example.org", &["x@a.example", "y@b.example"])
         .await;
     c.data(&[&[b'x'; 200][..], b"\r\n"].concat()).await;
@@ -809,7 +775,7 @@ async fn malformed_delivery_replies_become_one_well_formed_line() {
     );
     fake.script("c.example", vec![reply("OK")]);
     let setup = start(fake.clone(), limits()).await;
-    let mut c = Client::connect(setup.addr).await;
+    let mut c = Client::lhlo(setup.addr).await;
     let lines = c
         .mail(
             "a@example.org",

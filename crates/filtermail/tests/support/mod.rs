@@ -1,5 +1,6 @@
 //! Shared by the integration tests.
 
+pub mod client;
 pub mod listener;
 pub mod logs;
 pub mod pgp;
