@@ -80,8 +80,8 @@ async fn start_filter(options: Options) -> Setup {
 
 /// The SMTP transaction of these tests.
 impl Client {
-    /// MAIL, RCPTs, DATA and the stuffed message; returns the reply to the final dot.
-    async fn mail(&mut self, from: &str, to: &[&str], message: &[u8]) -> String {
+    /// MAIL and RCPTs, each expected to get `250 OK`, then DATA, expected to get 354.
+    async fn start_data(&mut self, from: &str, to: &[&str]) {
         assert_eq!(self.command(&format!("MAIL FROM:<{from}>")).await, "250 OK");
         for rcpt in to {
             assert_eq!(self.command(&format!("RCPT TO:<{rcpt}>")).await, "250 OK");
@@ -90,6 +90,11 @@ impl Client {
             self.command("DATA").await,
             "354 End data with <CR><LF>.<CR><LF>"
         );
+    }
+
+    /// MAIL, RCPTs, DATA and the stuffed message; returns the reply to the final dot.
+    async fn mail(&mut self, from: &str, to: &[&str], message: &[u8]) -> String {
+        self.start_data(from, to).await;
         self.send(&stuff(message)).await;
         self.reply().await
     }
@@ -352,12 +357,7 @@ async fn incoming_marker_and_bounces() {
     assert_eq!(reply, "250 OK");
     let bounce = b"From: Mail Delivery System <MAILER-DAEMON@remote.org>\r\nAuto-Submitted: auto-replied\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n\r\nfailed\r\n--b--\r\n";
     std::fs::write(maildir.join("enforceE2EEincoming"), "").unwrap();
-    assert_eq!(c.command("MAIL FROM:<>").await, "250 OK");
-    assert_eq!(c.command("RCPT TO:<bob@example.org>").await, "250 OK");
-    assert_eq!(
-        c.command("DATA").await,
-        "354 End data with <CR><LF>.<CR><LF>"
-    );
+    c.start_data("", &["bob@example.org"]).await;
     c.send(&stuff(bounce)).await;
     assert_eq!(c.reply().await, "250 OK");
 
@@ -420,21 +420,13 @@ async fn bare_lf_closes_without_reply() {
     c.send(b"NOOP\n").await;
     c.assert_closed().await;
     let mut c = Client::connect(setup.addr).await;
-    assert_eq!(c.command("MAIL FROM:<alice@example.org>").await, "250 OK");
-    assert_eq!(c.command("RCPT TO:<bob@example.org>").await, "250 OK");
-    assert_eq!(
-        c.command("DATA").await,
-        "354 End data with <CR><LF>.<CR><LF>"
-    );
+    c.start_data("alice@example.org", &["bob@example.org"])
+        .await;
     c.send(b"From: alice@example.org\n").await;
     c.assert_closed().await;
     let mut c = Client::connect(setup.addr).await;
-    assert_eq!(c.command("MAIL FROM:<alice2@example.org>").await, "250 OK");
-    assert_eq!(c.command("RCPT TO:<bob@example.org>").await, "250 OK");
-    assert_eq!(
-        c.command("DATA").await,
-        "354 End data with <CR><LF>.<CR><LF>"
-    );
+    c.start_data("alice2@example.org", &["bob@example.org"])
+        .await;
     c.send(b"From: alice@example.org\r\n").await;
     c.stream.get_mut().shutdown().await.unwrap();
     c.assert_closed().await;
@@ -523,12 +515,8 @@ async fn idle_peers_are_timed_out() {
     assert_eq!(c.reply().await, "421 4.4.2 Timeout, closing connection");
     c.assert_closed().await;
     let mut c = Client::connect(setup.addr).await;
-    assert_eq!(c.command("MAIL FROM:<alice@example.org>").await, "250 OK");
-    assert_eq!(c.command("RCPT TO:<bob@example.org>").await, "250 OK");
-    assert_eq!(
-        c.command("DATA").await,
-        "354 End data with <CR><LF>.<CR><LF>"
-    );
+    c.start_data("alice@example.org", &["bob@example.org"])
+        .await;
     c.send(b"From: alice@example.org\r\n").await;
     assert_eq!(c.reply().await, "421 4.4.2 Timeout, closing connection");
     c.assert_closed().await;
