@@ -8,20 +8,14 @@ use std::time::Duration;
 
 use chatmail_filtermail::http::{HttpLimits, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use support::listener::{FileLimit, bare_filter};
+use support::listener::starved_listener;
 
 #[tokio::test]
 async fn accept_error_is_retried_not_fatal() {
     let (logs, _guard) = support::logs::capture(tracing::Level::INFO);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let filter = bare_filter(addr);
-    // Room for exactly one more descriptor: the client's socket. The server's accept()
-    // then finds no free descriptor below the limit.
-    let limit = FileLimit::leave_one();
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    // The client's socket took the last descriptor below the limit.
+    let (listener, filter, mut client, limit) = starved_listener().await;
     tokio::spawn(serve(
         listener,
         Arc::new(filter),

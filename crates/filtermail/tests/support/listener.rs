@@ -14,6 +14,7 @@ use chatmail_filtermail::server::Limits;
 use chatmail_filtermail::{Direction, Filter};
 use chatmail_mailbox::Mailboxes;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use tokio::net::{TcpListener, TcpStream};
 
 /// An incoming filter without mailboxes, limiter or DKIM that reinjects to `reinject`.
 pub fn bare_filter(reinject: SocketAddr) -> Filter {
@@ -29,6 +30,18 @@ pub fn bare_filter(reinject: SocketAddr) -> Filter {
         limits: Limits::default(),
         dkim: None,
     }
+}
+
+/// A listener on 127.0.0.1:0, a [`bare_filter`] for it and a client already connected to
+/// it, with the file limit lowered so that the client's socket took the last descriptor:
+/// the server's accept() fails with EMFILE until the returned limit is restored.
+pub async fn starved_listener() -> (TcpListener, Filter, TcpStream, FileLimit) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let filter = bare_filter(addr);
+    let limit = FileLimit::leave_one();
+    let client = TcpStream::connect(addr).await.unwrap();
+    (listener, filter, client, limit)
 }
 
 /// The process's file limit as it was before [`FileLimit::leave_one`] lowered it.
