@@ -15,6 +15,7 @@
 pub mod address;
 pub mod check;
 pub mod command;
+pub mod data;
 pub mod dkim;
 pub mod limiter;
 pub mod mime;
