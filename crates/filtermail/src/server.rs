@@ -22,6 +22,9 @@ const MAX_COMMAND_LINE: usize = 4096;
 /// Read buffer per connection.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Outgoing messages up to this size are judged on the runtime's thread.
+const JUDGE_IN_PLACE: usize = 64 * 1024;
+
 /// Limits that keep one peer from holding resources forever.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -378,9 +381,12 @@ impl Filter {
         let mailboxes = self.mailboxes.clone();
         let dkim = self.dkim.clone();
         let runtime = tokio::runtime::Handle::current();
-        // Parsing and hashing tens of megabytes and stat()ing marker files must not stall
-        // the runtime's other connections; the key lookups run on the runtime meanwhile.
-        let judged = tokio::task::spawn_blocking(move || {
+        // Small outgoing messages are judged in place: no DKIM, no marker files, some
+        // microseconds of parsing, less than the handoff to the blocking pool and back.
+        let in_place = direction == crate::Direction::Outgoing
+            && dkim.is_none()
+            && data.len() <= JUDGE_IN_PLACE;
+        let judge = move || {
             let verdict = check(&data, &envelope, direction, |rcpt| {
                 mailboxes
                     .user(rcpt)
@@ -396,8 +402,15 @@ impl Filter {
                 _ => Ok(()),
             };
             (verdict, origin, envelope, data)
-        })
-        .await;
+        };
+        // Otherwise parsing and hashing tens of megabytes and stat()ing marker files must
+        // not stall the runtime's other connections; the key lookups run on the runtime
+        // meanwhile.
+        let judged = if in_place {
+            Ok(judge())
+        } else {
+            tokio::task::spawn_blocking(judge).await
+        };
         let Ok((verdict, origin, envelope, data)) = judged else {
             return "451 4.3.0 Local error in processing".to_owned();
         };
