@@ -30,7 +30,7 @@ const JUDGE_IN_PLACE: usize = 64 * 1024;
 pub struct Limits {
     /// Waiting for a command (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
     pub command_timeout: Duration,
-    /// Waiting for each line of message data (RFC 5321 §4.5.3.2.6: 3 minutes per block).
+    /// Waiting for each read of message data (RFC 5321 §4.5.3.2.6: 3 minutes per block).
     pub data_timeout: Duration,
     /// Connections served at once; further peers wait in the listen backlog.
     pub max_connections: usize,
@@ -162,7 +162,7 @@ struct Session<'a> {
     sender: Option<String>,
     /// RCPT TO addresses of the current transaction, in order (reinjected in that order).
     recipients: Vec<String>,
-    /// The current command or data line, reused to avoid an allocation per line.
+    /// The current command line, reused to avoid an allocation per line.
     line: Vec<u8>,
 }
 
