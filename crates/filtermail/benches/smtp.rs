@@ -7,6 +7,9 @@
 //!
 //! - `BENCH_SECONDS` (default 5): duration of each scenario.
 //! - `BENCH_ONLY` (optional): run only the scenarios whose label contains this text.
+//! - `BENCH_PIN=1` (optional): this process (clients and sink) on CPU 0, filtermail on
+//!   CPU 1, for the ceiling and the filtered runs alike, as a deployment with Postfix on
+//!   other cores than filtermail would have. Needs two CPUs.
 //!
 //! Two client patterns, both without pipelining (filtermail does not offer it):
 //!
@@ -103,8 +106,13 @@ fn main() {
     let bench_mode = chatmail_bench_support::bench_mode();
     let seconds = chatmail_bench_support::scenario_seconds(bench_mode);
     let only = std::env::var("BENCH_ONLY").ok();
+    let pin = std::env::var("BENCH_PIN").is_ok_and(|v| v == "1");
     let duration = Duration::from_secs_f64(seconds);
-    print_header(bench_mode, seconds);
+    if pin {
+        // Before the runtime exists: its threads inherit the mask.
+        pin_threads(std::process::id(), LOAD_CPU);
+    }
+    print_header(bench_mode, seconds, pin);
 
     let payloads = [
         payload(
@@ -160,6 +168,11 @@ fn main() {
         let relay = Relay::new(sink.addr.port());
         let mut daemon = relay.start(bin);
         let pid = daemon.pid();
+        if pin {
+            // Its runtime's threads exist once it is ready; blocking-pool threads started
+            // later inherit the mask of the worker that starts them.
+            pin_threads(pid, FILTER_CPU);
+        }
         std::thread::sleep(Duration::from_millis(200));
         let idle_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
         let through = runtime.block_on(measure(
@@ -232,12 +245,35 @@ fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// With `BENCH_PIN=1`: the CPU of the clients and the sink, and filtermail's.
+const LOAD_CPU: usize = 0;
+const FILTER_CPU: usize = 1;
+
+/// Restricts every thread of process `pid` to `cpu`.
+fn pin_threads(pid: u32, cpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("CPU number");
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("threads of the process");
+    for task in tasks {
+        let tid: i32 = task
+            .expect("thread entry")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("thread id");
+        // A thread may have ended meanwhile.
+        let _ = sched_setaffinity(Pid::from_raw(tid), &set);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Header
 
-fn print_header(bench_mode: bool, seconds: f64) {
+fn print_header(bench_mode: bool, seconds: f64, pin: bool) {
     let mut command = String::new();
-    for key in ["BENCH_SECONDS", "BENCH_ONLY"] {
+    for key in ["BENCH_SECONDS", "BENCH_ONLY", "BENCH_PIN"] {
         if let Ok(value) = std::env::var(key) {
             let _ = write!(command, "{key}={value:?} ");
         }
@@ -254,9 +290,17 @@ fn print_header(bench_mode: bool, seconds: f64) {
     println!("- date: {date}");
     println!("- machine: nproc {nproc}, {cpu}");
     println!("- load average at start: {}", read_trimmed("/proc/loadavg"));
-    println!(
-        "- {seconds} s per scenario; clients, sink and filtermail on the same cores; no pipelining"
-    );
+    if pin {
+        println!(
+            "- {seconds} s per scenario; clients and sink pinned to CPU {LOAD_CPU}, filtermail \
+             to CPU {FILTER_CPU} (ceiling: clients and sink on CPU {LOAD_CPU}); no pipelining"
+        );
+    } else {
+        println!(
+            "- {seconds} s per scenario; clients, sink and filtermail on the same cores; no \
+             pipelining"
+        );
+    }
     println!();
 }
 

@@ -20,6 +20,7 @@
 pub mod address;
 pub mod check;
 pub mod command;
+pub mod data;
 pub mod dkim;
 pub mod http;
 pub mod limiter;

@@ -187,44 +187,52 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
     let mut parts = Vec::new();
     // Start offset of the current part's content, once the first delimiter was seen.
     let mut current: Option<usize> = None;
-    let mut line_start = 0;
-    while line_start <= body.len() {
+    // Only lines that start with "--boundary" can be delimiters: find those by searching
+    // for LF "--" boundary (one pass at memory speed) instead of visiting every line.
+    let mut needle = Vec::with_capacity(boundary.len() + 3);
+    needle.extend_from_slice(b"\n--");
+    needle.extend_from_slice(boundary);
+    let first = body
+        .starts_with(needle.get(1..).unwrap_or_default())
+        .then_some(0);
+    let candidates = first
+        .into_iter()
+        .chain(memchr::memmem::find_iter(body, &needle).map(|lf| lf + 1));
+    for line_start in candidates {
         let rest = body.get(line_start..).unwrap_or(&[]);
         let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
         let line = rest.get(..line_len).unwrap_or(&[]);
         let next = line_start + line_len;
-        if let Some(after) = line
+        let Some(after) = line
             .strip_prefix(b"--")
             .and_then(|l| l.strip_prefix(boundary))
-        {
-            let closing = after.starts_with(b"--");
-            let tail = if closing {
-                after.get(2..).unwrap_or(&[])
-            } else {
-                after
-            };
-            if tail.iter().all(|b| b.is_ascii_whitespace()) {
-                if let Some(start) = current {
-                    // Drop the line break that precedes the delimiter.
-                    let mut end = line_start;
-                    if end > start && body.get(end - 1) == Some(&b'\n') {
-                        end -= 1;
-                        if end > start && body.get(end - 1) == Some(&b'\r') {
-                            end -= 1;
-                        }
-                    }
-                    parts.push(body.get(start..end).unwrap_or(&[]));
+        else {
+            continue;
+        };
+        let closing = after.starts_with(b"--");
+        let tail = if closing {
+            after.get(2..).unwrap_or(&[])
+        } else {
+            after
+        };
+        if !tail.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        if let Some(start) = current {
+            // Drop the line break that precedes the delimiter.
+            let mut end = line_start;
+            if end > start && body.get(end - 1) == Some(&b'\n') {
+                end -= 1;
+                if end > start && body.get(end - 1) == Some(&b'\r') {
+                    end -= 1;
                 }
-                if closing {
-                    return parts;
-                }
-                current = Some(next);
             }
+            parts.push(body.get(start..end).unwrap_or(&[]));
         }
-        if line_len == 0 {
-            break;
+        if closing {
+            return parts;
         }
-        line_start = next;
+        current = Some(next);
     }
     if let Some(start) = current {
         parts.push(body.get(start..).unwrap_or(&[]));
@@ -318,6 +326,84 @@ mod tests {
         assert_eq!(b64.decoded_body().as_ref(), b"hello");
         let qp = Part::parse(b"Content-Transfer-Encoding: quoted-printable\r\n\r\na=3Db=\r\nc");
         assert_eq!(qp.decoded_body().as_ref(), b"a=bc");
+    }
+
+    /// The delimiter search as it was: every line visited.
+    #[allow(clippy::indexing_slicing)]
+    fn split_multipart_line_by_line<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+        let mut parts = Vec::new();
+        // Start offset of the current part's content, once the first delimiter was seen.
+        let mut current: Option<usize> = None;
+        let mut line_start = 0;
+        while line_start <= body.len() {
+            let rest = body.get(line_start..).unwrap_or(&[]);
+            let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+            let line = rest.get(..line_len).unwrap_or(&[]);
+            let next = line_start + line_len;
+            if let Some(after) = line
+                .strip_prefix(b"--")
+                .and_then(|l| l.strip_prefix(boundary))
+            {
+                let closing = after.starts_with(b"--");
+                let tail = if closing {
+                    after.get(2..).unwrap_or(&[])
+                } else {
+                    after
+                };
+                if tail.iter().all(|b| b.is_ascii_whitespace()) {
+                    if let Some(start) = current {
+                        // Drop the line break that precedes the delimiter.
+                        let mut end = line_start;
+                        if end > start && body.get(end - 1) == Some(&b'\n') {
+                            end -= 1;
+                            if end > start && body.get(end - 1) == Some(&b'\r') {
+                                end -= 1;
+                            }
+                        }
+                        parts.push(body.get(start..end).unwrap_or(&[]));
+                    }
+                    if closing {
+                        return parts;
+                    }
+                    current = Some(next);
+                }
+            }
+            if line_len == 0 {
+                break;
+            }
+            line_start = next;
+        }
+        if let Some(start) = current {
+            parts.push(body.get(start..).unwrap_or(&[]));
+        }
+        parts
+    }
+
+    #[test]
+    fn delimiter_search_agrees_with_visiting_every_line() {
+        let pieces: &[&[u8]] = &[
+            b"--b", b"--b--", b"\r\n", b"\n", b"x", b" ", b"-", b"b", b"--bb", b"\t",
+        ];
+        let mut state = 0x5eed_u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let n = (state % 12) as usize;
+            let mut s = state;
+            let body: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    s = s.rotate_left(5) ^ 0x9e37_79b9;
+                    pieces[(s % pieces.len() as u64) as usize].iter().copied()
+                })
+                .collect();
+            assert_eq!(
+                split_multipart(&body, b"b"),
+                split_multipart_line_by_line(&body, b"b"),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     }
 
     #[test]

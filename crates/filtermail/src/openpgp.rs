@@ -55,28 +55,229 @@ pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
     if text.get(last_line_start) == Some(&b'=') {
         text = text.get(..last_line_start).unwrap_or(&[]);
     }
-    let mut base64 = Vec::with_capacity(text.len());
-    let mut start = 0;
-    for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
-        base64.extend_from_slice(text.get(start..line_break).unwrap_or_default());
-        start = line_break + 1;
+    match Lines::regular(text).map(|lines| lines.decoded()) {
+        Some(Base64::Valid(decoded)) => walk(&decoded),
+        Some(Base64::Invalid) => false,
+        Some(Base64::Irregular) | None => {
+            // Irregular line breaks (hand-made armor): join and decode it all.
+            let mut joined = Vec::with_capacity(text.len());
+            let mut start = 0;
+            for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
+                joined.extend_from_slice(text.get(start..line_break).unwrap_or_default());
+                start = line_break + 1;
+            }
+            joined.extend_from_slice(text.get(start..).unwrap_or_default());
+            match base64::engine::general_purpose::STANDARD.decode(joined) {
+                Ok(data) => walk(data.as_slice()),
+                Err(_) => false,
+            }
+        }
     }
-    base64.extend_from_slice(text.get(start..).unwrap_or_default());
-    match base64::engine::general_purpose::STANDARD.decode(base64) {
-        Ok(data) => is_encrypted_packet_sequence(&data),
-        Err(_) => false,
+}
+
+/// Random access to bytes, so the packet walk runs over decoded bytes in memory as well
+/// as over base64 text decoded only where the walk reads.
+trait Octets {
+    fn len(&self) -> usize;
+    fn get(&self, index: usize) -> Option<u8>;
+}
+
+impl Octets for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn get(&self, index: usize) -> Option<u8> {
+        <[u8]>::get(self, index).copied()
+    }
+}
+
+/// Armor text whose lines all have one width and end in CRLF, but the last, which is
+/// not longer: what every OpenPGP implementation writes. Index arithmetic then finds
+/// the n-th base64 character without joining the lines.
+struct Lines<'a> {
+    text: &'a [u8],
+    /// Characters per full line.
+    width: usize,
+    /// Base64 characters in all (the joined length).
+    chars: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn regular(mut text: &'a [u8]) -> Option<Lines<'a>> {
+        // Line breaks at the end join to nothing (the checksum line's removal leaves one).
+        while let Some((&(b'\r' | b'\n'), rest)) = text.split_last() {
+            text = rest;
+        }
+        let Some(width) = memchr::memchr2(b'\r', b'\n', text) else {
+            return Some(Lines {
+                text,
+                width: text.len().max(1),
+                chars: text.len(),
+            });
+        };
+        if width == 0 {
+            return None;
+        }
+        let stride = width + 2;
+        let full = text.len() / stride;
+        let last = text.len() % stride;
+        if last == 0 || last > width {
+            return None;
+        }
+        for line in 0..full {
+            let at = line * stride + width;
+            if text.get(at..at + 2) != Some(b"\r\n") {
+                return None;
+            }
+        }
+        // Any other CR or LF would be inside a line: counted by the scan in `decoded`.
+        Some(Lines {
+            text,
+            width,
+            chars: full * width + last,
+        })
+    }
+
+    /// Where the `index`-th base64 character lies in the text.
+    fn position(&self, index: usize) -> usize {
+        index / self.width * (self.width + 2) + index % self.width
+    }
+
+    fn char_at(&self, index: usize) -> u8 {
+        self.text.get(self.position(index)).copied().unwrap_or(0)
+    }
+
+    /// The text checked as the standard engine checks the joined text (canonical
+    /// padding, no trailing bits).
+    ///
+    /// The engine decodes every quad but the last on its own and fails on any byte
+    /// outside the alphabet there ('=' included); the last 1–4 characters get the padding
+    /// and length rules. So: one pass over the text before the last quad for the
+    /// alphabet, the engine on the last quad.
+    fn decoded(self) -> Base64<'a> {
+        if self.chars == 0 {
+            // The engine decodes nothing into nothing, which is no packet.
+            return Base64::Invalid;
+        }
+        let rem = self.chars % 4;
+        let quads = self.chars - if rem == 0 { 4 } else { rem };
+        let split = self.position(quads);
+        let head = self.text.get(..split).unwrap_or_default();
+        let (alphabet_only, head_breaks) = scan(head);
+        let (_, tail_breaks) = scan(self.text.get(split..).unwrap_or_default());
+        if head_breaks + tail_breaks != 2 * (self.chars.saturating_sub(1) / self.width) {
+            // A CR or LF inside a line.
+            return Base64::Irregular;
+        }
+        if !alphabet_only {
+            return Base64::Invalid;
+        }
+        let mut last = [0u8; 4];
+        for (i, slot) in (quads..self.chars).zip(&mut last) {
+            *slot = self.char_at(i);
+        }
+        let mut tail = [0u8; 3];
+        let decoded = base64::engine::general_purpose::STANDARD.decode_slice(
+            last.get(..self.chars - quads).unwrap_or_default(),
+            &mut tail,
+        );
+        match decoded {
+            Ok(tail_len) => Base64::Valid(Decoded {
+                lines: self,
+                head: quads / 4 * 3,
+                tail,
+                tail_len,
+            }),
+            Err(_) => Base64::Invalid,
+        }
+    }
+}
+
+/// What [`Lines::decoded`] found.
+enum Base64<'a> {
+    Valid(Decoded<'a>),
+    /// The standard engine would refuse the joined text.
+    Invalid,
+    /// Not regular lines after all: a CR or LF inside one.
+    Irregular,
+}
+
+/// Whether every byte is a base64 character (without '='), CR or LF, and how many CR
+/// and LF there are. Branch-free over blocks, so the compiler vectorizes it.
+fn scan(text: &[u8]) -> (bool, usize) {
+    let mut alphabet_only = true;
+    let mut breaks = 0usize;
+    for block in text.chunks(64) {
+        let mut bad = false;
+        let mut count = 0u8;
+        for &b in block {
+            let line_break = b == b'\r' || b == b'\n';
+            let base64 = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+            bad |= !(base64 || line_break);
+            count += u8::from(line_break);
+        }
+        alphabet_only &= !bad;
+        breaks += usize::from(count);
+    }
+    (alphabet_only, breaks)
+}
+
+/// The decoded bytes of validated [`Lines`], each decoded when read.
+struct Decoded<'a> {
+    lines: Lines<'a>,
+    /// Decoded length of the quads before the last.
+    head: usize,
+    /// The last quad, decoded by the engine.
+    tail: [u8; 3],
+    tail_len: usize,
+}
+
+impl Octets for Decoded<'_> {
+    fn len(&self) -> usize {
+        self.head + self.tail_len
+    }
+
+    fn get(&self, index: usize) -> Option<u8> {
+        if index >= self.head {
+            return self
+                .tail
+                .get(..self.tail_len)?
+                .get(index - self.head)
+                .copied();
+        }
+        let first = index / 3 * 4;
+        let bits = (first..first + 4).fold(0u32, |acc, i| {
+            (acc << 6) | u32::from(sextet(self.lines.char_at(i)))
+        });
+        let shift = 16 - 8 * (index % 3);
+        Some((bits >> shift) as u8)
+    }
+}
+
+/// The value of a base64 character (already validated).
+fn sextet(c: u8) -> u8 {
+    match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
     }
 }
 
 /// The packet walk of filtermail-latest.md §10: new-format headers (with partial body
 /// lengths) and legacy old-format headers (GnuPG still writes them).
 pub fn is_encrypted_packet_sequence(data: &[u8]) -> bool {
-    if data.is_empty() {
+    walk(data)
+}
+
+fn walk<D: Octets + ?Sized>(data: &D) -> bool {
+    if data.len() == 0 {
         return false;
     }
     let mut i = 0usize;
     loop {
-        let Some(&header) = data.get(i) else {
+        let Some(header) = data.get(i) else {
             return false;
         };
         i += 1;
@@ -89,7 +290,7 @@ pub fn is_encrypted_packet_sequence(data: &[u8]) -> bool {
             tag = header & 0x3f;
             // Partial body lengths: each chunk header is followed by 2^n bytes of body.
             loop {
-                let Some(&octet) = data.get(i) else {
+                let Some(octet) = data.get(i) else {
                     return false;
                 };
                 if !(224..=254).contains(&octet) {
@@ -100,13 +301,13 @@ pub fn is_encrypted_packet_sequence(data: &[u8]) -> bool {
                     _ => return false,
                 };
             }
-            let Some(&first) = data.get(i) else {
+            let Some(first) = data.get(i) else {
                 return false;
             };
             (body_len, i) = match first {
                 0..=191 => (usize::from(first), i + 1),
                 192..=223 => {
-                    let Some(&second) = data.get(i + 1) else {
+                    let Some(second) = data.get(i + 1) else {
                         return false;
                     };
                     (
@@ -150,13 +351,10 @@ pub fn is_encrypted_packet_sequence(data: &[u8]) -> bool {
 }
 
 /// A big-endian length of `octets` bytes at `at`.
-fn be_length(data: &[u8], at: usize, octets: usize) -> Option<usize> {
-    let bytes = data.get(at..at.checked_add(octets)?)?;
-    Some(
-        bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b)),
-    )
+fn be_length<D: Octets + ?Sized>(data: &D, at: usize, octets: usize) -> Option<usize> {
+    (at..at.checked_add(octets)?).try_fold(0usize, |acc, i| {
+        Some((acc << 8) | usize::from(data.get(i)?))
+    })
 }
 
 #[cfg(test)]
@@ -271,6 +469,171 @@ mod tests {
         assert!(check_armored_payload(&payload, Direction::Incoming));
         let with_checksum = armor(&data, "", "=abcd\r\n");
         assert!(check_armored_payload(&with_checksum, Direction::Outgoing));
+    }
+
+    /// The armor body check as it was before decoding on demand: join, decode, walk.
+    fn joined_then_decoded(text: &[u8]) -> bool {
+        let joined: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        match base64::engine::general_purpose::STANDARD.decode(joined) {
+            Ok(data) => is_encrypted_packet_sequence(&data),
+            Err(_) => false,
+        }
+    }
+
+    /// The whole check as it was before decoding on demand.
+    fn check_armored_payload_joined(payload: &[u8], direction: Direction) -> bool {
+        let Some(mut text) = payload.strip_prefix(BEGIN) else {
+            return false;
+        };
+        while let Some(rest) = text.strip_suffix(b"\r\n") {
+            text = rest;
+        }
+        let Some(mut text) = text.strip_suffix(END) else {
+            return false;
+        };
+        if text.starts_with(b"Version: ") {
+            // Delta Chat never writes armor headers; other clients (ProtonMail, GnuPG) do,
+            // and incoming mail from them must still arrive.
+            if direction == Direction::Outgoing {
+                return false;
+            }
+            text = match text.windows(2).position(|w| w == b"\r\n") {
+                Some(pos) => text.get(pos + 2..).unwrap_or(&[]),
+                None => &[],
+            };
+        }
+        while let Some(rest) = text.strip_prefix(b"\r\n") {
+            text = rest;
+        }
+        // The optional CRC-24 checksum is a line of its own that starts with '='. Upstream cuts
+        // at the last '=' anywhere, which also eats the base64 padding of armor without a
+        // checksum line (RFC 9580 makes the line optional; Sequoia omits it for v6 keys), so
+        // such valid messages were refused. Only a final line starting with '=' goes here.
+        while let Some(rest) = text.strip_suffix(b"\r\n") {
+            text = rest;
+        }
+        let last_line_start = text
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |pos| pos + 1);
+        if text.get(last_line_start) == Some(&b'=') {
+            text = text.get(..last_line_start).unwrap_or(&[]);
+        }
+        let mut base64 = Vec::with_capacity(text.len());
+        let mut start = 0;
+        for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
+            base64.extend_from_slice(text.get(start..line_break).unwrap_or_default());
+            start = line_break + 1;
+        }
+        base64.extend_from_slice(text.get(start..).unwrap_or_default());
+        match base64::engine::general_purpose::STANDARD.decode(base64) {
+            Ok(data) => is_encrypted_packet_sequence(&data),
+            Err(_) => false,
+        }
+    }
+
+    /// The new path alone (the fallback for irregular lines is the old one).
+    fn on_demand(text: &[u8]) -> Option<bool> {
+        match Lines::regular(text).map(|lines| lines.decoded()) {
+            Some(Base64::Valid(decoded)) => Some(walk(&decoded)),
+            Some(Base64::Invalid) => Some(false),
+            Some(Base64::Irregular) | None => None,
+        }
+    }
+
+    fn wrap(b64: &[u8], width: usize) -> Vec<u8> {
+        b64.chunks(width).collect::<Vec<_>>().join(&b"\r\n"[..])
+    }
+
+    /// xorshift64*: reproducible without a dependency.
+    fn rng(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[test]
+    fn decoding_on_demand_agrees_with_decoding_everything() {
+        let mut state = 0xa2_b64_u64;
+        let mut regular = 0;
+        for round in 0..20_000 {
+            let pick = |state: &mut u64, n: usize| (rng(state) % n as u64) as usize;
+            let data = match pick(&mut state, 3) {
+                0 => good(),
+                1 => seq(&[
+                    packet(1, pick(&mut state, 12)),
+                    packet(18, pick(&mut state, 40)),
+                ]),
+                _ => (0..pick(&mut state, 40))
+                    .map(|_| rng(&mut state) as u8)
+                    .collect(),
+            };
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            let width = [1, 3, 4, 5, 8, 64, 76][pick(&mut state, 7)];
+            let mut text = wrap(b64.as_bytes(), width);
+            for _ in 0..pick(&mut state, 3) {
+                let at = pick(&mut state, text.len() + 1);
+                let byte = b"=\r\nA/+!- \xff"[pick(&mut state, 10)];
+                match pick(&mut state, 3) {
+                    0 => text.insert(at, byte),
+                    1 if at < text.len() => text[at] = byte,
+                    _ if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let expected = joined_then_decoded(&text);
+            if let Some(got) = on_demand(&text) {
+                regular += 1;
+                assert_eq!(
+                    got,
+                    expected,
+                    "round {round}: {:?}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
+            let payload = [BEGIN, &text[..], b"\r\n", END, b"\r\n"].concat();
+            for direction in [Direction::Outgoing, Direction::Incoming] {
+                assert_eq!(
+                    check_armored_payload(&payload, direction),
+                    check_armored_payload_joined(&payload, direction),
+                    "round {round}: {:?}",
+                    String::from_utf8_lossy(&payload)
+                );
+            }
+        }
+        assert!(regular > 10_000, "{regular}");
+    }
+
+    #[test]
+    fn megabyte_armor_is_decoded_on_demand() {
+        // Partial body lengths as Sequoia writes them: chunks of 2^13 bytes.
+        let mut data = packet(1, 60);
+        data.push(0xd2);
+        for _ in 0..128 {
+            data.push(0xe0 | 13);
+            data.extend(std::iter::repeat_n(0x5a, 1 << 13));
+        }
+        data.extend_from_slice(&[7, 1, 2, 3, 4, 5, 6, 7]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+        for width in [64, 76] {
+            let text = wrap(b64.as_bytes(), width);
+            assert_eq!(on_demand(&text), Some(true));
+            assert!(joined_then_decoded(&text));
+            // What is left once the checksum line is cut off.
+            assert_eq!(on_demand(&[&text[..], b"\r\n"].concat()), Some(true));
+            let mut bad = text.clone();
+            let middle = bad.len() / 2;
+            bad[middle] = b'=';
+            assert_eq!(on_demand(&bad), Some(false));
+            assert!(!joined_then_decoded(&bad));
+        }
     }
 
     #[test]
