@@ -227,8 +227,8 @@ impl MailRelay {
     ) -> Option<MailRelay> {
         require_postfix()?;
         // Free ports are only free until someone binds them: when tests start relays in
-        // parallel, another may take one before Postfix does, and the master then exits.
-        // Such a start is retried on fresh ports, a bounded number of times.
+        // parallel, another may take one before Postfix or filtermail does, which then
+        // exits. Such a start is retried on fresh ports, a bounded number of times.
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
             let chosen = ports.unwrap_or_else(Ports::free);
@@ -273,13 +273,7 @@ impl MailRelay {
                 detached: false,
                 relay,
             };
-            mail.filtermail = Some(mail.start_filtermail("outgoing", chosen.filtermail));
-            mail.filtermail_incoming =
-                Some(mail.start_filtermail("incoming", chosen.filtermail_incoming));
-            if let Some(port) = transport_port {
-                mail.filtermail_transport = Some(mail.start_filtermail("transport", port));
-            }
-            match mail.start_postfix(message_size_limit) {
+            match mail.start_services(message_size_limit) {
                 Ok(()) => return Some(mail),
                 Err(exited) if ports.is_none() && attempt < ATTEMPTS => {
                     eprintln!("{exited}; starting again on other free ports");
@@ -288,6 +282,19 @@ impl MailRelay {
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts the filtermail instances, then Postfix; `Err` when one of them exits before
+    /// it listens (a port taken meanwhile). What started is stopped by Drop.
+    fn start_services(&mut self, message_size_limit: u64) -> Result<(), String> {
+        let ports = self.ports;
+        self.filtermail = Some(self.start_filtermail("outgoing", ports.filtermail)?);
+        self.filtermail_incoming =
+            Some(self.start_filtermail("incoming", ports.filtermail_incoming)?);
+        if let Some(port) = self.transport_port {
+            self.filtermail_transport = Some(self.start_filtermail("transport", port)?);
+        }
+        self.start_postfix(message_size_limit)
     }
 
     /// The relay under Postfix: paths, accounts, IMAP, Dovecot's logs.
@@ -473,13 +480,14 @@ impl MailRelay {
         all
     }
 
-    /// Starts `filtermail INI MODE` and waits for `entering serving loop` and the port;
-    /// panics with the logs if it exits or does not listen in time.
+    /// Starts `filtermail INI MODE` and waits for `entering serving loop`; `Err` with its
+    /// log if it exits first (a port taken), panics with every log if it does not listen
+    /// in time.
     ///
     /// Incoming runs as vmail: it looks for the recipients' `enforceE2EEincoming` markers
     /// inside their owner-only maildirs. Outgoing and transport touch no mailbox and run as
     /// the `filtermail` user of their own.
-    fn start_filtermail(&self, mode: &str, port: u16) -> Child {
+    fn start_filtermail(&self, mode: &str, port: u16) -> Result<Child, String> {
         let log_path = match mode {
             "outgoing" => &self.filtermail_log,
             "incoming" => &self.filtermail_incoming_log,
@@ -518,10 +526,11 @@ impl MailRelay {
             // Logged right after binding; a probing connection would only add an error
             // line to its log.
             if read_lossy(log_path).contains("entering serving loop") {
-                return child;
+                return Ok(child);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("filtermail {mode} exited with {status}\n{}", self.logs());
+                let log = read_lossy(log_path);
+                return Err(format!("filtermail {mode} exited with {status}: {log}"));
             }
             sleep(POLL_INTERVAL);
         }
