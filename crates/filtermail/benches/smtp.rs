@@ -308,9 +308,10 @@ fn print_header(bench_mode: bool, seconds: f64, pin: bool) {
 // The sink: Postfix's reinjection port
 
 /// An SMTP server on 127.0.0.1 that takes every message: 250 to everything, 354 to DATA,
-/// reads to the dot, 250. Counts messages and data bytes.
+/// reads to the dot, 250. Counts connections, messages and data bytes.
 struct Sink {
     addr: SocketAddr,
+    connections: Arc<AtomicU64>,
     messages: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
 }
@@ -319,15 +320,17 @@ impl Sink {
     async fn start() -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let addr = listener.local_addr().expect("sink address");
+        let connections = Arc::new(AtomicU64::new(0));
         let messages = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
-        let (m, b) = (messages.clone(), bytes.clone());
+        let (c, m, b) = (connections.clone(), messages.clone(), bytes.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                c.fetch_add(1, Ordering::Relaxed);
                 let (m, b) = (m.clone(), b.clone());
                 tokio::spawn(async move {
                     let _ = sink_session(stream, &m, &b).await;
@@ -336,6 +339,7 @@ impl Sink {
         });
         Sink {
             addr,
+            connections,
             messages,
             bytes,
         }
@@ -621,7 +625,8 @@ struct Measured {
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
-    /// Messages and bytes the sink received during the run.
+    /// Connections, messages and bytes the sink received during the run.
+    sink_connections: u64,
     sink_messages: u64,
     sink_bytes: u64,
     daemon_cores: f64,
@@ -665,7 +670,8 @@ async fn measure(
     let daemon_cpu0 = daemon_stat.as_deref().map_or(0.0, cpu_seconds);
     let client_cpu0 = cpu_seconds("/proc/self/stat");
     let machine0 = machine_busy_seconds();
-    let (sink_m0, sink_b0) = (
+    let (sink_c0, sink_m0, sink_b0) = (
+        sink.connections.load(Ordering::Relaxed),
         sink.messages.load(Ordering::Relaxed),
         sink.bytes.load(Ordering::Relaxed),
     );
@@ -699,6 +705,7 @@ async fn measure(
         elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        sink_connections: sink.connections.load(Ordering::Relaxed) - sink_c0,
         sink_messages: sink.messages.load(Ordering::Relaxed) - sink_m0,
         sink_bytes: sink.bytes.load(Ordering::Relaxed) - sink_b0,
         daemon_cores: daemon_cpu / elapsed.as_secs_f64(),
@@ -724,11 +731,11 @@ fn print_report(rows: &[Row<'_>], command: &str, seconds: f64) {
     println!();
     println!(
         "| message | conc | pattern | msgs/s | MB/s | p50 ms | p99 ms | errors | reinjected | \
-         filtermail cores | client+sink cores | other cores | RSS idle MiB | VmHWM half/end MiB | \
+         sink conns | filtermail cores | filtermail CPU ms/msg | client+sink cores | other cores | RSS idle MiB | VmHWM half/end MiB | \
          ceiling msgs/s | ceiling p99 ms | of ceiling | upstream msgs/s | ours/upstream |"
     );
     println!(
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let s = row.scenario;
@@ -742,7 +749,7 @@ fn print_report(rows: &[Row<'_>], command: &str, seconds: f64) {
             None => ("–".into(), "–".into()),
         };
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% | {up_rate} | {vs} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.2} | {:.2} | {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% | {up_rate} | {vs} |",
             s.payload.label,
             s.concurrency,
             s.pattern.name(),
@@ -752,7 +759,9 @@ fn print_report(rows: &[Row<'_>], command: &str, seconds: f64) {
             ms(t.p99),
             t.errors,
             t.sink_messages,
+            t.sink_connections,
             t.daemon_cores,
+            1000.0 * t.daemon_cores / t.per_sec().max(1e-9),
             t.client_cores,
             t.other_cores,
             mib(row.idle_kib),

@@ -101,10 +101,10 @@ impl Filter {
             mailboxes: Mailboxes::new(&config.mailboxes_dir),
             limiter,
             max_message_size: config.max_message_size,
-            reinject: ReinjectTarget {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, reinject_port)),
-                timeout: Duration::from_secs(60),
-            },
+            reinject: ReinjectTarget::new(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, reinject_port)),
+                Duration::from_secs(60),
+            ),
             limits: Limits::default(),
             dkim: None,
         }

@@ -1,18 +1,32 @@
-//! Hands an accepted message back to Postfix over plain SMTP, one connection per message.
+//! Hands an accepted message back to Postfix over plain SMTP, reusing idle connections.
 //!
 //! Nothing is queued here: the sender gets Postfix's own answer to DATA, so a message is
 //! either in Postfix's queue (250 to the sender) or still the sender's (4xx/5xx). The only
 //! window for a duplicate is the one RFC 1047 describes (connection lost after Postfix
 //! queued the message but before its 250 arrived); the sender then retries.
+//!
+//! Connections: after a transaction Postfix answered with 250, the connection goes back to
+//! a small pool of idle connections ([`PoolLimits`]: at most `max_idle`, each closed with
+//! QUIT once idle for `idle_timeout`), and the next message takes the most recently used
+//! one instead of paying a connect, the greeting and EHLO again. A finished transaction
+//! leaves the session ready for the next MAIL (RFC 5321 §4.1.4), so no RSET is sent. A
+//! connection is never reused after an error, a timeout or any reply but the expected one.
+//! A pooled connection that Postfix closed meanwhile (its `smtpd_timeout`, a reload) is
+//! dropped when it is taken if the close already arrived; if it fails before its first
+//! reply (the one to MAIL FROM, or a 421 as that reply), nothing was handed over and the
+//! message goes once more over a fresh connection. Every later failure goes to the sender
+//! as before: once the final dot is out, a missing reply is a 451, never a second try.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-/// Where and how patiently to reinject.
+/// Where and how patiently to reinject, and the idle connections kept for it.
 #[derive(Debug, Clone)]
 pub struct ReinjectTarget {
     /// Postfix's reinjection listener (127.0.0.1:10025 or :10026).
@@ -20,6 +34,53 @@ pub struct ReinjectTarget {
     /// Bound on each connect, read and write; Postfix answers in milliseconds, a hung
     /// Postfix must not hold the sender's connection forever.
     pub timeout: Duration,
+    /// Idle connections, shared by the clones of this target.
+    pool: Arc<Pool>,
+}
+
+/// How many idle connections are kept, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Idle connections kept at most; a connection finishing its message beyond that is
+    /// closed. Each one holds a Postfix `smtpd` process (the reinjection services allow
+    /// 100). 0 turns reuse off.
+    pub max_idle: usize,
+    /// An idle connection is closed (QUIT) after this long. Well below Postfix's
+    /// `smtpd_timeout`, which is 300 s, or 10 s when Postfix is under stress.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            max_idle: 16,
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ReinjectTarget {
+    /// A target with the default [`PoolLimits`].
+    pub fn new(addr: SocketAddr, timeout: Duration) -> ReinjectTarget {
+        ReinjectTarget::with_pool(addr, timeout, PoolLimits::default())
+    }
+
+    /// A target keeping idle connections as `limits` says.
+    pub fn with_pool(addr: SocketAddr, timeout: Duration, limits: PoolLimits) -> ReinjectTarget {
+        ReinjectTarget {
+            addr,
+            timeout,
+            pool: Arc::new(Pool {
+                limits,
+                state: Mutex::new(PoolState::default()),
+            }),
+        }
+    }
+
+    /// Idle connections in the pool right now.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.lock().idle.len()
+    }
 }
 
 /// A reply from Postfix: code and text lines.
@@ -73,44 +134,214 @@ impl ReinjectError {
     }
 }
 
-/// Sends `data` (transparent form: unstuffed, CRLF lines) from `sender` to `recipients`.
+/// How one step of the dialogue failed.
+#[derive(Debug)]
+enum Fail {
+    /// Write or read error, end of stream, malformed reply: the connection is unusable.
+    Io(String),
+    /// No progress within the target's timeout.
+    Timeout(String),
+    /// A reply other than the expected one.
+    Reply(Reply),
+}
+
+impl From<Fail> for ReinjectError {
+    fn from(fail: Fail) -> ReinjectError {
+        match fail {
+            Fail::Io(text) | Fail::Timeout(text) => ReinjectError::Connection(text),
+            Fail::Reply(reply) => ReinjectError::Refused(reply),
+        }
+    }
+}
+
+/// Sends `data` (transparent form: unstuffed, CRLF lines) from `sender` to `recipients`,
+/// over an idle connection of `target`'s pool if there is one.
 pub async fn reinject(
     target: &ReinjectTarget,
     sender: &str,
     recipients: &[String],
     data: &[u8],
 ) -> Result<(), ReinjectError> {
+    if let Some(client) = target.pool.take() {
+        match transaction(client, sender, recipients, data, true).await {
+            Ok(client) => {
+                target.pool.put(client);
+                return Ok(());
+            }
+            Err(Failed::Stale(err)) => {
+                // Closed while idle: nothing was handed over, so a fresh connection may try.
+                tracing::debug!("idle reinjection connection unusable ({err}), reconnecting");
+            }
+            Err(Failed::Final(err)) => return Err(err),
+        }
+    }
+    let client = open(target).await?;
+    match transaction(client, sender, recipients, data, false).await {
+        Ok(client) => {
+            target.pool.put(client);
+            Ok(())
+        }
+        Err(Failed::Stale(err) | Failed::Final(err)) => Err(err),
+    }
+}
+
+/// How a transaction failed.
+enum Failed {
+    /// A reused connection failed before its first reply: the message may go again.
+    Stale(ReinjectError),
+    /// Anything else: the sender gets it.
+    Final(ReinjectError),
+}
+
+/// Connects, reads the greeting and says EHLO.
+async fn open(target: &ReinjectTarget) -> Result<Client, ReinjectError> {
     let stream = connect(target).await?;
     let mut client = Client {
         stream: BufReader::new(stream),
         timeout: target.timeout,
+        eight_bit_mime: false,
     };
     client.expect(220).await?;
     client.send(b"EHLO [127.0.0.1]\r\n").await?;
     let ehlo = client.expect(250).await?;
-    let eight_bit = !data.is_ascii()
-        && ehlo
-            .lines
-            .iter()
-            .any(|l| l.eq_ignore_ascii_case("8BITMIME"));
+    client.eight_bit_mime = ehlo
+        .lines
+        .iter()
+        .any(|l| l.eq_ignore_ascii_case("8BITMIME"));
+    Ok(client)
+}
+
+/// One message over `client`, which has said EHLO and has no transaction open; gives the
+/// connection back when Postfix took the message.
+async fn transaction(
+    mut client: Client,
+    sender: &str,
+    recipients: &[String],
+    data: &[u8],
+    reused: bool,
+) -> Result<Client, Failed> {
+    let eight_bit = client.eight_bit_mime && !data.is_ascii();
     let body = if eight_bit { " BODY=8BITMIME" } else { "" };
-    client
-        .send(format!("MAIL FROM:<{sender}>{body}\r\n").as_bytes())
-        .await?;
-    client.expect(250).await?;
-    for rcpt in recipients {
-        client
-            .send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
-            .await?;
-        client.expect(250).await?;
+    let mail = format!("MAIL FROM:<{sender}>{body}\r\n");
+    let first = match client.send(mail.as_bytes()).await {
+        Ok(()) => client.expect(250).await.map(drop),
+        Err(fail) => Err(fail),
+    };
+    if let Err(fail) = first {
+        let stale = match &fail {
+            Fail::Io(_) => true,
+            Fail::Reply(reply) => reply.code == 421,
+            Fail::Timeout(_) => false,
+        };
+        return Err(if reused && stale {
+            Failed::Stale(fail.into())
+        } else {
+            client.give_up(fail)
+        });
     }
-    client.send(b"DATA\r\n").await?;
-    client.expect(354).await?;
-    client.send_message(data).await?;
-    client.expect(250).await?;
-    // The message is Postfix's now; a failed QUIT changes nothing.
-    let _ = client.send(b"QUIT\r\n").await;
-    Ok(())
+    let rest = async {
+        for rcpt in recipients {
+            client
+                .send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+                .await?;
+            client.expect(250).await?;
+        }
+        client.send(b"DATA\r\n").await?;
+        client.expect(354).await?;
+        client.send_message(data).await?;
+        client.expect(250).await.map(drop)
+    };
+    match rest.await {
+        Ok(()) => Ok(client),
+        Err(fail) => Err(client.give_up(fail)),
+    }
+}
+
+/// The idle connections of one target.
+#[derive(Debug)]
+struct Pool {
+    limits: PoolLimits,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// Oldest first; taken from the end.
+    idle: Vec<Idle>,
+    /// A task closing expired connections is running.
+    reaper: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    client: Client,
+    since: Instant,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is neither expired nor closed.
+    fn take(&self) -> Option<Client> {
+        let mut state = self.lock();
+        while let Some(idle) = state.idle.pop() {
+            if idle.since.elapsed() < self.limits.idle_timeout && idle.client.looks_idle() {
+                return Some(idle.client);
+            }
+            idle.client.quit();
+        }
+        None
+    }
+
+    /// Keeps `client` for the next message, or closes it when the pool is full.
+    fn put(self: &Arc<Self>, client: Client) {
+        let mut state = self.lock();
+        if state.idle.len() >= self.limits.max_idle {
+            drop(state);
+            client.quit();
+            return;
+        }
+        state.idle.push(Idle {
+            client,
+            since: Instant::now(),
+        });
+        if !state.reaper {
+            state.reaper = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes idle connections as they expire; ends when the pool is empty or gone.
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let limit = pool.limits.idle_timeout;
+            let mut state = pool.lock();
+            let now = Instant::now();
+            let live = state
+                .idle
+                .iter()
+                .position(|idle| now.duration_since(idle.since) < limit)
+                .unwrap_or(state.idle.len());
+            for idle in state.idle.drain(..live) {
+                idle.client.quit();
+            }
+            match state.idle.first() {
+                Some(oldest) => oldest.since + limit,
+                None => {
+                    state.reaper = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
+    }
 }
 
 /// Connects to Postfix with Nagle's algorithm off. With it on, the last small segment of
@@ -164,31 +395,30 @@ fn wire_pieces(data: &[u8]) -> (Vec<&[u8]>, &'static [u8]) {
     (pieces, end)
 }
 
+#[derive(Debug)]
 struct Client {
     stream: BufReader<TcpStream>,
     timeout: Duration,
+    /// Postfix offered 8BITMIME in its EHLO reply.
+    eight_bit_mime: bool,
 }
 
 impl Client {
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), ReinjectError> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
         let write = async {
             self.stream.get_mut().write_all(bytes).await?;
             self.stream.get_mut().flush().await
         };
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(ReinjectError::Connection(format!(
-                "sending to Postfix: {err}"
-            ))),
-            Err(_) => Err(ReinjectError::Connection(
-                "sending to Postfix timed out".into(),
-            )),
+            Ok(Err(err)) => Err(Fail::Io(format!("sending to Postfix: {err}"))),
+            Err(_) => Err(Fail::Timeout("sending to Postfix timed out".into())),
         }
     }
 
     /// Sends the message data in its wire form. The data is written from where it lies;
     /// only its last bytes are copied, to share one write with the terminator.
-    async fn send_message(&mut self, data: &[u8]) -> Result<(), ReinjectError> {
+    async fn send_message(&mut self, data: &[u8]) -> Result<(), Fail> {
         /// At most this much is copied to go out with the terminator.
         const TAIL: usize = 4096;
         let (mut pieces, end) = wire_pieces(data);
@@ -207,21 +437,17 @@ impl Client {
         };
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(ReinjectError::Connection(format!(
-                "sending to Postfix: {err}"
-            ))),
-            Err(_) => Err(ReinjectError::Connection(
-                "sending to Postfix timed out".into(),
-            )),
+            Ok(Err(err)) => Err(Fail::Io(format!("sending to Postfix: {err}"))),
+            Err(_) => Err(Fail::Timeout("sending to Postfix timed out".into())),
         }
     }
 
     /// Reads one reply; a code other than `code` is Postfix's refusal.
-    async fn expect(&mut self, code: u16) -> Result<Reply, ReinjectError> {
+    async fn expect(&mut self, code: u16) -> Result<Reply, Fail> {
         let reply = match tokio::time::timeout(self.timeout, self.read_reply()).await {
             Ok(result) => result?,
             Err(_) => {
-                return Err(ReinjectError::Connection(
+                return Err(Fail::Timeout(
                     "waiting for Postfix's reply timed out".into(),
                 ));
             }
@@ -229,11 +455,11 @@ impl Client {
         if reply.code == code {
             Ok(reply)
         } else {
-            Err(ReinjectError::Refused(reply))
+            Err(Fail::Reply(reply))
         }
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, ReinjectError> {
+    async fn read_reply(&mut self) -> Result<Reply, Fail> {
         let mut lines = Vec::new();
         loop {
             let mut line = Vec::new();
@@ -241,19 +467,15 @@ impl Client {
                 .take(4096)
                 .read_until(b'\n', &mut line)
                 .await
-                .map_err(|err| ReinjectError::Connection(format!("reading from Postfix: {err}")))?;
+                .map_err(|err| Fail::Io(format!("reading from Postfix: {err}")))?;
             if n == 0 || !line.ends_with(b"\n") {
-                return Err(ReinjectError::Connection(
-                    "Postfix closed the connection".into(),
-                ));
+                return Err(Fail::Io("Postfix closed the connection".into()));
             }
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
             let code = text.get(..3).and_then(|c| c.parse::<u16>().ok());
             let Some(code) = code.filter(|c| (200..600).contains(c)) else {
-                return Err(ReinjectError::Connection(format!(
-                    "malformed reply from Postfix: {text:?}"
-                )));
+                return Err(Fail::Io(format!("malformed reply from Postfix: {text:?}")));
             };
             let more = text.get(3..4) == Some("-");
             lines.push(text.get(4..).unwrap_or("").to_owned());
@@ -261,6 +483,33 @@ impl Client {
                 return Ok(Reply { code, lines });
             }
         }
+    }
+
+    /// Whether an idle connection still looks usable: Postfix sent nothing since its last
+    /// reply (a 421 before closing, or the close itself, would be readable now).
+    fn looks_idle(&self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return false;
+        }
+        let mut byte = [0; 1];
+        matches!(
+            self.stream.get_ref().try_read(&mut byte),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
+    /// Says QUIT without waiting (a few bytes always fit the socket buffer) and closes.
+    fn quit(self) {
+        let _ = self.stream.get_ref().try_write(b"QUIT\r\n");
+    }
+
+    /// Ends the connection after a failed step; the failure for the sender.
+    fn give_up(self, fail: Fail) -> Failed {
+        if let Fail::Reply(_) = fail {
+            // Postfix is still listening: tell it the session is over.
+            self.quit();
+        }
+        Failed::Final(fail.into())
     }
 }
 
@@ -325,10 +574,7 @@ mod tests {
     #[tokio::test]
     async fn reinjection_connection_disables_nagle() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = ReinjectTarget {
-            addr: listener.local_addr().unwrap(),
-            timeout: Duration::from_secs(10),
-        };
+        let target = ReinjectTarget::new(listener.local_addr().unwrap(), Duration::from_secs(10));
         let stream = connect(&target).await.unwrap();
         assert!(stream.nodelay().unwrap());
     }

@@ -344,10 +344,7 @@ fn incoming(dkim: Option<DkimVerifier>, mailboxes: &std::path::Path) -> Filter {
         mailboxes: Mailboxes::new(mailboxes),
         limiter: None,
         max_message_size: 1_000_000,
-        reinject: ReinjectTarget {
-            addr: closed,
-            timeout: Duration::from_secs(5),
-        },
+        reinject: ReinjectTarget::new(closed, Duration::from_secs(5)),
         limits: Limits::default(),
         dkim: dkim.map(Arc::new),
     }

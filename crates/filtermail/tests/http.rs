@@ -67,10 +67,7 @@ async fn start(options: Options) -> Setup {
         mailboxes: Mailboxes::new(mailboxes.path()),
         limiter: None,
         max_message_size: options.max_message_size,
-        reinject: ReinjectTarget {
-            addr: options.reinject,
-            timeout: Duration::from_secs(5),
-        },
+        reinject: ReinjectTarget::new(options.reinject, Duration::from_secs(5)),
         limits: Limits::default(),
         dkim: options.dkim,
     };

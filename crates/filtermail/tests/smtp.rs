@@ -65,10 +65,7 @@ async fn start_filter(options: Options) -> Setup {
         limiter: (options.direction == Direction::Outgoing)
             .then(|| SendLimiter::new(60, options.burst)),
         max_message_size: options.max_message_size,
-        reinject: ReinjectTarget {
-            addr: options.reinject,
-            timeout: Duration::from_secs(5),
-        },
+        reinject: ReinjectTarget::new(options.reinject, Duration::from_secs(5)),
         limits: options.limits,
         dkim: options.dkim,
     };
@@ -458,6 +455,30 @@ async fn postfix_refusal_is_relayed_unchanged() {
         "{}",
         logs.text()
     );
+}
+
+/// Reinjection connections are reused across messages, sessions and client connections.
+#[tokio::test]
+async fn messages_in_a_row_reuse_one_reinjection_connection() {
+    let sink = Sink::start(SinkMode::Accept).await;
+    let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
+    let mut c = Client::connect(setup.addr).await;
+    for _ in 0..2 {
+        let reply = c
+            .mail("alice@example.org", &["bob@example.org"], &encrypted())
+            .await;
+        assert_eq!(reply, "250 OK");
+    }
+    assert_eq!(c.command("QUIT").await, "221 OK");
+    let mut c = Client::connect(setup.addr).await;
+    let reply = c
+        .mail("alice@example.org", &["carol@example.org"], &encrypted())
+        .await;
+    assert_eq!(reply, "250 OK");
+    assert_eq!(sink.connections(), 1);
+    let received = sink.received();
+    assert_eq!(received.len(), 3);
+    assert_eq!(received[2].rcpt_to, vec!["<carol@example.org>".to_owned()]);
 }
 
 #[tokio::test]

@@ -23,10 +23,7 @@ pub fn bare_filter(reinject: SocketAddr) -> Filter {
         mailboxes: Mailboxes::new("/nonexistent"),
         limiter: None,
         max_message_size: 1000,
-        reinject: ReinjectTarget {
-            addr: reinject,
-            timeout: Duration::from_secs(5),
-        },
+        reinject: ReinjectTarget::new(reinject, Duration::from_secs(5)),
         limits: Limits::default(),
         dkim: None,
     }
