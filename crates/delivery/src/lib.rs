@@ -21,6 +21,8 @@ mod smtp;
 mod tls;
 mod wire;
 
+pub use wire::stuffed_pieces;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -3,14 +3,10 @@
 /// `data` (CRLF line ends, not dot-stuffed) in the form both channels send: every line
 /// starting with `.` gets a second one, the whole ends with CRLF; no final `.` line.
 pub(crate) fn dot_stuffed(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 2);
-    let mut line_start = true;
-    for &byte in data {
-        if line_start && byte == b'.' {
-            out.push(b'.');
-        }
-        out.push(byte);
-        line_start = byte == b'\n';
+    let pieces = stuffed_pieces(data);
+    let mut out = Vec::with_capacity(data.len() + pieces.len() + 2);
+    for piece in pieces {
+        out.extend_from_slice(piece);
     }
     if !out.ends_with(b"\r\n") {
         if out.ends_with(b"\r") {
@@ -20,6 +16,25 @@ pub(crate) fn dot_stuffed(data: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The dot-stuffed form of `data` without copying it (RFC 5321 §4.5.2): slices of `data`
+/// whose concatenation doubles every line-start dot (each such dot ends one slice and
+/// starts the next, so it goes out twice). No line end is added. filtermail's
+/// reinjection writes these slices as they are.
+pub fn stuffed_pieces(data: &[u8]) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    if data.first() == Some(&b'.') {
+        pieces.push(data.get(..1).unwrap_or_default());
+    }
+    for newline in memchr::memmem::find_iter(data, b"\n.") {
+        let dot = newline + 1;
+        pieces.push(data.get(start..=dot).unwrap_or_default());
+        start = dot;
+    }
+    pieces.push(data.get(start..).unwrap_or_default());
+    pieces
 }
 
 /// `text` as one reply line: printable ASCII only (anything else becomes `?`), runs of

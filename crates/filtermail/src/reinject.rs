@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use chatmail_delivery::stuffed_pieces;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -373,26 +374,15 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 }
 
 /// The wire form of `data` without copying it: slices of `data` whose concatenation is the
-/// dot-stuffed message (each line-start dot ends one slice and starts the next, so it goes
-/// out twice), then the terminator (with the CRLF the data may lack).
+/// dot-stuffed message ([`stuffed_pieces`]), then the terminator (with the CRLF the data
+/// may lack).
 fn wire_pieces(data: &[u8]) -> (Vec<&[u8]>, &'static [u8]) {
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    if data.first() == Some(&b'.') {
-        pieces.push(data.get(..1).unwrap_or_default());
-    }
-    for newline in memchr::memmem::find_iter(data, b"\n.") {
-        let dot = newline + 1;
-        pieces.push(data.get(start..=dot).unwrap_or_default());
-        start = dot;
-    }
-    pieces.push(data.get(start..).unwrap_or_default());
     let end: &[u8] = if data.is_empty() || data.ends_with(b"\r\n") {
         b".\r\n"
     } else {
         b"\r\n.\r\n"
     };
-    (pieces, end)
+    (stuffed_pieces(data), end)
 }
 
 #[derive(Debug)]
