@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use crate::Filter;
+use crate::server::accept_connections;
 use crate::wire::{envelope_address, unstuff};
 
 /// The reply to a request whose `X-MAIL-TO` is no plain address.
@@ -81,42 +82,24 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.inactivity);
     builder.http2().max_concurrent_streams(limits.max_streams);
-    let accept_loop = async {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(50);
-                    let _ = stream.set_nodelay(true);
-                    let io = TokioIo::new(Inactivity::new(stream, limits.inactivity));
-                    let filter = filter.clone();
-                    let service = service_fn(move |request| {
-                        let filter = filter.clone();
-                        async move { Ok::<_, Infallible>(handle(request, &filter).await) }
-                    });
-                    let connection =
-                        graceful.watch(builder.serve_connection(io, service).into_owned());
-                    tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            // Peers that vanish or idle out; nothing an operator can act on.
-                            tracing::debug!("(HTTP) connection ended: {err}");
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(err) => {
-                    // As the SMTP listener: EMFILE and friends are transient.
-                    tracing::error!("Error accepting connection: {err}");
-                    drop(permit);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+    // The SMTP listener's accept loop: the same cap, the same back-off on accept errors.
+    let accept_loop = accept_connections(&listener, &permits, |stream, permit| {
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Inactivity::new(stream, limits.inactivity));
+        let filter = filter.clone();
+        let service = service_fn(move |request| {
+            let filter = filter.clone();
+            async move { Ok::<_, Infallible>(handle(request, &filter).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                // Peers that vanish or idle out; nothing an operator can act on.
+                tracing::debug!("(HTTP) connection ended: {err}");
             }
-        }
-    };
+            drop(permit);
+        });
+    });
     tokio::select! {
         () = accept_loop => {}
         () = shutdown => {}

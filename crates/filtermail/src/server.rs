@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Filter;
 use crate::check::{Envelope, LogLevel, Outcome, check};
@@ -136,34 +136,15 @@ pub async fn serve<H: Handler>(
 ) {
     let max = handler.limits().max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max));
-    let accept_loop = async {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(50);
-                    let handler = handler.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = handle_connection(stream, &*handler).await {
-                            tracing::error!("Error handling connection: {err}");
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(err) => {
-                    // EMFILE and friends are transient: a crash here took upstream's
-                    // relay offline (fixed in 0.7.0), so back off and keep serving.
-                    tracing::error!("Error accepting connection: {err}");
-                    drop(permit);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+    let accept_loop = accept_connections(&listener, &permits, |stream, permit| {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(err) = handle_connection(stream, &*handler).await {
+                tracing::error!("Error handling connection: {err}");
             }
-        }
-    };
+            drop(permit);
+        });
+    });
     tokio::select! {
         () = accept_loop => {}
         () = shutdown => {}
@@ -171,6 +152,35 @@ pub async fn serve<H: Handler>(
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let grace = handler.limits().shutdown_grace;
     let _ = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+}
+
+/// Accepts connections for as long as `permits` has one free (the connection cap), handing
+/// each stream with its permit to `serve`; never returns unless the semaphore is closed.
+/// Accept errors (EMFILE and friends) are transient: a crash here took upstream's relay
+/// offline (fixed in 0.7.0), so they are logged and backed off, 50 ms doubling to 10 s.
+pub(crate) async fn accept_connections(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    mut serve: impl FnMut(TcpStream, OwnedSemaphorePermit),
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(50);
+                serve(stream, permit);
+            }
+            Err(err) => {
+                tracing::error!("Error accepting connection: {err}");
+                drop(permit);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// How reading one line ended.
