@@ -18,20 +18,22 @@ const TAG_SEIPD: u8 = 18;
 
 /// Whether an armored `PGP MESSAGE` holds only an encrypted message (filtermail.md §6.2).
 pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
-    let Some(mut text) = payload.strip_prefix(BEGIN) else {
-        return false;
-    };
+    armor_body(payload, direction).is_some_and(check_armor_body)
+}
+
+/// The base64 text between the armor lines, without a `Version:` header (refused
+/// outgoing) and the checksum line; `None` when the armor is not acceptable.
+fn armor_body(payload: &[u8], direction: Direction) -> Option<&[u8]> {
+    let mut text = payload.strip_prefix(BEGIN)?;
     while let Some(rest) = text.strip_suffix(b"\r\n") {
         text = rest;
     }
-    let Some(mut text) = text.strip_suffix(END) else {
-        return false;
-    };
+    let mut text = text.strip_suffix(END)?;
     if text.starts_with(b"Version: ") {
         // Delta Chat never writes armor headers; other clients (ProtonMail, GnuPG) do,
         // and incoming mail from them must still arrive.
         if direction == Direction::Outgoing {
-            return false;
+            return None;
         }
         text = match text.windows(2).position(|w| w == b"\r\n") {
             Some(pos) => text.get(pos + 2..).unwrap_or(&[]),
@@ -55,23 +57,32 @@ pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
     if text.get(last_line_start) == Some(&b'=') {
         text = text.get(..last_line_start).unwrap_or(&[]);
     }
+    Some(text)
+}
+
+/// Whether the armor's base64 `text` decodes to an encrypted packet sequence: decoded
+/// only where the packet walk reads when its lines are regular, else joined and decoded.
+fn check_armor_body(text: &[u8]) -> bool {
     match Lines::regular(text).map(|lines| lines.decoded()) {
         Some(Base64::Valid(decoded)) => walk(&decoded),
         Some(Base64::Invalid) => false,
-        Some(Base64::Irregular) | None => {
-            // Irregular line breaks (hand-made armor): join and decode it all.
-            let mut joined = Vec::with_capacity(text.len());
-            let mut start = 0;
-            for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
-                joined.extend_from_slice(text.get(start..line_break).unwrap_or_default());
-                start = line_break + 1;
-            }
-            joined.extend_from_slice(text.get(start..).unwrap_or_default());
-            match base64::engine::general_purpose::STANDARD.decode(joined) {
-                Ok(data) => walk(data.as_slice()),
-                Err(_) => false,
-            }
-        }
+        // Irregular line breaks (hand-made armor): join and decode it all.
+        Some(Base64::Irregular) | None => check_joined(text),
+    }
+}
+
+/// Joins the lines of the armor's base64 `text`, decodes it all and walks the packets.
+fn check_joined(text: &[u8]) -> bool {
+    let mut joined = Vec::with_capacity(text.len());
+    let mut start = 0;
+    for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
+        joined.extend_from_slice(text.get(start..line_break).unwrap_or_default());
+        start = line_break + 1;
+    }
+    joined.extend_from_slice(text.get(start..).unwrap_or_default());
+    match base64::engine::general_purpose::STANDARD.decode(joined) {
+        Ok(data) => walk(data.as_slice()),
+        Err(_) => false,
     }
 }
 
@@ -486,54 +497,7 @@ mod tests {
 
     /// The whole check as it was before decoding on demand.
     fn check_armored_payload_joined(payload: &[u8], direction: Direction) -> bool {
-        let Some(mut text) = payload.strip_prefix(BEGIN) else {
-            return false;
-        };
-        while let Some(rest) = text.strip_suffix(b"\r\n") {
-            text = rest;
-        }
-        let Some(mut text) = text.strip_suffix(END) else {
-            return false;
-        };
-        if text.starts_with(b"Version: ") {
-            // Delta Chat never writes armor headers; other clients (ProtonMail, GnuPG) do,
-            // and incoming mail from them must still arrive.
-            if direction == Direction::Outgoing {
-                return false;
-            }
-            text = match text.windows(2).position(|w| w == b"\r\n") {
-                Some(pos) => text.get(pos + 2..).unwrap_or(&[]),
-                None => &[],
-            };
-        }
-        while let Some(rest) = text.strip_prefix(b"\r\n") {
-            text = rest;
-        }
-        // The optional CRC-24 checksum is a line of its own that starts with '='. Upstream cuts
-        // at the last '=' anywhere, which also eats the base64 padding of armor without a
-        // checksum line (RFC 9580 makes the line optional; Sequoia omits it for v6 keys), so
-        // such valid messages were refused. Only a final line starting with '=' goes here.
-        while let Some(rest) = text.strip_suffix(b"\r\n") {
-            text = rest;
-        }
-        let last_line_start = text
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |pos| pos + 1);
-        if text.get(last_line_start) == Some(&b'=') {
-            text = text.get(..last_line_start).unwrap_or(&[]);
-        }
-        let mut base64 = Vec::with_capacity(text.len());
-        let mut start = 0;
-        for line_break in memchr::memchr2_iter(b'\r', b'\n', text) {
-            base64.extend_from_slice(text.get(start..line_break).unwrap_or_default());
-            start = line_break + 1;
-        }
-        base64.extend_from_slice(text.get(start..).unwrap_or_default());
-        match base64::engine::general_purpose::STANDARD.decode(base64) {
-            Ok(data) => is_encrypted_packet_sequence(&data),
-            Err(_) => false,
-        }
+        armor_body(payload, direction).is_some_and(check_joined)
     }
 
     /// The new path alone (the fallback for irregular lines is the old one).
