@@ -180,6 +180,35 @@ fn parse_content_type(value: &str) -> (String, Option<String>) {
     (media, boundary)
 }
 
+/// Whether `line` (with its line break) is a delimiter of `boundary`: `Some(true)` for
+/// the close delimiter `--boundary--`, `Some(false)` for `--boundary`; only white space
+/// may follow (RFC 2046 §5.1.1).
+fn delimiter(line: &[u8], boundary: &[u8]) -> Option<bool> {
+    let after = line.strip_prefix(b"--")?.strip_prefix(boundary)?;
+    let closing = after.starts_with(b"--");
+    let tail = if closing {
+        after.get(2..).unwrap_or(&[])
+    } else {
+        after
+    };
+    tail.iter()
+        .all(|b| b.is_ascii_whitespace())
+        .then_some(closing)
+}
+
+/// The part from `start` to the delimiter line at `delimiter_start`, without the line
+/// break that precedes the delimiter (it belongs to the delimiter).
+fn part_before(body: &[u8], start: usize, delimiter_start: usize) -> &[u8] {
+    let mut end = delimiter_start;
+    if end > start && body.get(end - 1) == Some(&b'\n') {
+        end -= 1;
+        if end > start && body.get(end - 1) == Some(&b'\r') {
+            end -= 1;
+        }
+    }
+    body.get(start..end).unwrap_or(&[])
+}
+
 /// The body parts between `--boundary` delimiter lines; the line break before a delimiter
 /// belongs to the delimiter (RFC 2046 §5.1.1). Preamble and epilogue are dropped; a
 /// missing close delimiter ends the last part at the end of the body.
@@ -203,31 +232,11 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
         let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
         let line = rest.get(..line_len).unwrap_or(&[]);
         let next = line_start + line_len;
-        let Some(after) = line
-            .strip_prefix(b"--")
-            .and_then(|l| l.strip_prefix(boundary))
-        else {
+        let Some(closing) = delimiter(line, boundary) else {
             continue;
         };
-        let closing = after.starts_with(b"--");
-        let tail = if closing {
-            after.get(2..).unwrap_or(&[])
-        } else {
-            after
-        };
-        if !tail.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
         if let Some(start) = current {
-            // Drop the line break that precedes the delimiter.
-            let mut end = line_start;
-            if end > start && body.get(end - 1) == Some(&b'\n') {
-                end -= 1;
-                if end > start && body.get(end - 1) == Some(&b'\r') {
-                    end -= 1;
-                }
-            }
-            parts.push(body.get(start..end).unwrap_or(&[]));
+            parts.push(part_before(body, start, line_start));
         }
         if closing {
             return parts;
@@ -340,33 +349,14 @@ mod tests {
             let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
             let line = rest.get(..line_len).unwrap_or(&[]);
             let next = line_start + line_len;
-            if let Some(after) = line
-                .strip_prefix(b"--")
-                .and_then(|l| l.strip_prefix(boundary))
-            {
-                let closing = after.starts_with(b"--");
-                let tail = if closing {
-                    after.get(2..).unwrap_or(&[])
-                } else {
-                    after
-                };
-                if tail.iter().all(|b| b.is_ascii_whitespace()) {
-                    if let Some(start) = current {
-                        // Drop the line break that precedes the delimiter.
-                        let mut end = line_start;
-                        if end > start && body.get(end - 1) == Some(&b'\n') {
-                            end -= 1;
-                            if end > start && body.get(end - 1) == Some(&b'\r') {
-                                end -= 1;
-                            }
-                        }
-                        parts.push(body.get(start..end).unwrap_or(&[]));
-                    }
-                    if closing {
-                        return parts;
-                    }
-                    current = Some(next);
+            if let Some(closing) = delimiter(line, boundary) {
+                if let Some(start) = current {
+                    parts.push(part_before(body, start, line_start));
                 }
+                if closing {
+                    return parts;
+                }
+                current = Some(next);
             }
             if line_len == 0 {
                 break;
