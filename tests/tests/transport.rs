@@ -7,16 +7,15 @@
 //! deferred, as its log and the sender's mailbox show) and what arrives at the other relay.
 
 use std::net::{Ipv6Addr, TcpListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatmail_e2e::postfix::TransportTarget;
 use chatmail_e2e::remote::{Arrival, RemoteRelay, Script};
-use chatmail_e2e::{MailRelay, Sent, readdress};
+use chatmail_e2e::{MailRelay, Sent, poll_until, readdress};
 
 const PASSWORD: &str = "correct-horse-9";
 /// How long Postfix may take from accepting a message to logging its delivery.
 const DELIVERY: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
 
 /// A fixture filtermail outgoing accepts (real GnuPG output).
 const ENCRYPTED: &str =
@@ -73,39 +72,27 @@ fn submitted_to_remote(target: TransportTarget) -> Option<(MailRelay, String, St
 
 /// Waits until Postfix's log has a line containing every one of `needles`; returns it.
 fn postfix_logged(mail: &MailRelay, needles: &[&str]) -> String {
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let log = mail.postfix_log();
-        if let Some(line) = log
+    let find = || {
+        mail.postfix_log()
             .lines()
             .find(|line| needles.iter().all(|needle| line.contains(needle)))
-        {
-            return line.to_string();
-        }
-        if Instant::now() >= deadline {
-            panic!("no Postfix log line with {needles:?}\n{}", mail.logs());
-        }
-        std::thread::sleep(POLL);
-    }
+            .map(str::to_string)
+    };
+    poll_until(DELIVERY, || find().is_some());
+    find().unwrap_or_else(|| panic!("no Postfix log line with {needles:?}\n{}", mail.logs()))
 }
 
 /// Waits until the other relay has `count` arrivals.
 fn arrivals(remote: &RemoteRelay, mail: &MailRelay, count: usize) -> Vec<Arrival> {
-    let deadline = Instant::now() + DELIVERY;
-    loop {
-        let arrivals = remote.arrivals();
-        if arrivals.len() >= count {
-            return arrivals;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{} arrival(s) at the other relay, expected {count}: {arrivals:?}\n{}",
-                arrivals.len(),
-                mail.logs()
-            );
-        }
-        std::thread::sleep(POLL);
-    }
+    poll_until(DELIVERY, || remote.arrivals().len() >= count);
+    let arrivals = remote.arrivals();
+    assert!(
+        arrivals.len() >= count,
+        "{} arrival(s) at the other relay, expected {count}: {arrivals:?}\n{}",
+        arrivals.len(),
+        mail.logs()
+    );
+    arrivals
 }
 
 /// Waits for the one arrival at the other relay.
