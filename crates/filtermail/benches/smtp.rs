@@ -7,6 +7,8 @@
 //!
 //! - `BENCH_SECONDS` (default 5): duration of each scenario.
 //! - `BENCH_ONLY` (optional): run only the scenarios whose label contains this text.
+//! - `BENCH_FILTERMAIL` (optional): the filtermail binary to measure instead of this
+//!   workspace's, e.g. one built from another commit for an A/B comparison.
 //! - `BENCH_PIN=1` (optional): this process (clients and sink) on CPU 0, filtermail on
 //!   CPU 1, for the ceiling and the filtered runs alike, as a deployment with Postfix on
 //!   other cores than filtermail would have. Needs two CPUs.
@@ -154,7 +156,8 @@ fn main() {
         .build()
         .expect("runtime");
     let sink = runtime.block_on(Sink::start());
-    let bin = env!("CARGO_BIN_EXE_filtermail");
+    let bin = std::env::var("BENCH_FILTERMAIL")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_filtermail").to_owned());
     let mut rows = Vec::new();
     for scenario in &scenarios {
         let label = format!(
@@ -166,7 +169,7 @@ fn main() {
         wait_for_quiet(bench_mode);
         eprintln!("{label}: through filtermail for {duration:?}");
         let relay = Relay::new(sink.addr.port());
-        let mut daemon = relay.start(bin);
+        let mut daemon = relay.start(&bin);
         let pid = daemon.pid();
         if pin {
             // Its runtime's threads exist once it is ready; blocking-pool threads started
@@ -273,7 +276,12 @@ fn pin_threads(pid: u32, cpu: usize) {
 
 fn print_header(bench_mode: bool, seconds: f64, pin: bool) {
     let mut command = String::new();
-    for key in ["BENCH_SECONDS", "BENCH_ONLY", "BENCH_PIN"] {
+    for key in [
+        "BENCH_SECONDS",
+        "BENCH_ONLY",
+        "BENCH_PIN",
+        "BENCH_FILTERMAIL",
+    ] {
         if let Ok(value) = std::env::var(key) {
             let _ = write!(command, "{key}={value:?} ");
         }

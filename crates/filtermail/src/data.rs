@@ -65,9 +65,17 @@ pub struct DataReader {
 
 impl DataReader {
     pub fn new(max: usize) -> DataReader {
+        DataReader::with_buffer(max, Vec::new())
+    }
+
+    /// A reader that puts the message into `buffer` (emptied first), e.g. a finished
+    /// message's buffer from [`crate::buffers::MESSAGE_BUFFERS`] whose capacity spares
+    /// reallocations.
+    pub fn with_buffer(max: usize, mut buffer: Vec<u8>) -> DataReader {
+        buffer.clear();
         DataReader {
             max,
-            data: Vec::new(),
+            data: buffer,
             oversized: false,
             bare_cr: false,
             in_line: false,
@@ -270,7 +278,8 @@ fn crlf_only(lines: &[u8]) -> bool {
 
 /// Makes room for `more` bytes, growing by a quarter instead of doubling: a message just
 /// over 1 MiB then holds at most 1.25 MiB, not 2 MiB, on every connection receiving one.
-/// The few extra reallocations (about ten for 1 MiB) cost little next to the check.
+/// The extra reallocations (about ten for 1 MiB) happen only while no finished message's
+/// buffer is spare ([`crate::buffers`]).
 fn grow(data: &mut Vec<u8>, more: usize) {
     if data.capacity() - data.len() < more {
         data.reserve_exact(more.max(data.len() / 4).max(64 * 1024));

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use crate::Filter;
+use crate::buffers::MESSAGE_BUFFERS;
 use crate::server::accept_connections;
 use crate::wire::{envelope_address, unstuff};
 
@@ -185,7 +186,8 @@ async fn read_body(
 ) -> Result<Option<Vec<u8>>, hyper::Error> {
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let declared = declared.and_then(|length| usize::try_from(length).ok());
-    let mut data = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut data = MESSAGE_BUFFERS.take();
+    data.reserve_exact(declared.unwrap_or(0).min(max));
     while let Some(frame) = body.frame().await {
         let Ok(chunk) = frame?.into_data() else {
             continue; // trailers

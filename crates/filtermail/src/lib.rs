@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod address;
+pub mod buffers;
 pub mod check;
 pub mod command;
 pub mod data;
@@ -159,9 +160,8 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
             Direction::Outgoing => None,
             Direction::Incoming => {
                 let port = config.filtermail_http_port_incoming;
-                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-                    .await
-                    .map_err(|source| FiltermailError::Bind { port, source })?;
+                let listener =
+                    bind_listener(port).map_err(|source| FiltermailError::Bind { port, source })?;
                 Some((listener, filter.clone()))
             }
         };
@@ -193,6 +193,28 @@ pub fn delivery_settings(config: &Config) -> DeliverySettings {
     }
 }
 
+/// Receive buffer of the listening sockets, inherited by every accepted connection
+/// (the kernel doubles it for its bookkeeping and caps it at `net.core.rmem_max`,
+/// 208 KiB on a stock Debian).
+///
+/// Postfix pushes a whole message at once over loopback. A new connection starts with a
+/// 128 KiB buffer that autotuning grows only as the connection goes on, and Postfix's
+/// proxy opens one connection per message: the sender then stalls on the window, and
+/// every read of ours sends a window update whose loopback delivery transmits the
+/// sender's next segments on our CPU. With room for a typical message the sender puts
+/// it all on the wire in its own time. Memory is only used by data waiting to be read.
+pub const RECEIVE_BUFFER: u32 = 1 << 20;
+
+/// A listener on 127.0.0.1:`port` whose connections get [`RECEIVE_BUFFER`].
+pub fn bind_listener(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // As TcpListener::bind: a restart must not wait for TIME_WAIT connections.
+    socket.set_reuseaddr(true)?;
+    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.listen(1024)
+}
+
 /// Binds 127.0.0.1:`port`, logs `entering serving loop` and the configuration's
 /// warnings, notifies systemd, serves until `shutdown`; with `http` (incoming), serves the
 /// `/mxdeliv` listener beside it with the same filter, and one signal stops both.
@@ -203,9 +225,7 @@ async fn listen_and_serve<H: Handler>(
     shutdown: impl std::future::Future<Output = ()>,
     http: Option<(TcpListener, Arc<Filter>)>,
 ) -> Result<(), FiltermailError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .await
-        .map_err(|source| FiltermailError::Bind { port, source })?;
+    let listener = bind_listener(port).map_err(|source| FiltermailError::Bind { port, source })?;
     // Must be the first line after the optional DKIM warning: relay's blackbox test
     // waits for a line with "loop".
     tracing::info!("entering serving loop");
@@ -225,6 +245,7 @@ async fn listen_and_serve<H: Handler>(
         );
     }
     chatmail_daemon::notify_ready();
+    let release = tokio::spawn(buffers::release_idle_buffers());
     match http {
         None => server::serve(listener, handler, shutdown).await,
         Some((http_listener, filter)) => {
@@ -247,6 +268,7 @@ async fn listen_and_serve<H: Handler>(
             );
         }
     }
+    release.abort();
     chatmail_daemon::notify_stopping();
     Ok(())
 }
@@ -264,4 +286,26 @@ pub fn passthrough_warnings(config: &Config) -> Vec<String> {
         format!("{key} is ignored: filtermail no longer exempts anyone from encryption")
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_receive_buffer() {
+        use nix::sys::socket::{getsockopt, sockopt::RcvBuf};
+        let listener = bind_listener(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The kernel doubles what was asked, after capping it at rmem_max.
+        let expected = 2 * (RECEIVE_BUFFER as usize).min(rmem_max);
+        assert_eq!(getsockopt(&accepted, RcvBuf).unwrap(), expected);
+    }
 }

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Filter;
+use crate::buffers::MESSAGE_BUFFERS;
 use crate::check::{Envelope, LogLevel, Outcome, check};
 use crate::command::{Command, parse_command};
 use crate::data::{DataEnd, DataReader};
@@ -428,7 +429,7 @@ impl<H: Handler> Session<'_, H> {
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
         let max = usize::try_from(self.filter.max_message_size).unwrap_or(usize::MAX);
-        let mut receiver = DataReader::new(max);
+        let mut receiver = DataReader::with_buffer(max, MESSAGE_BUFFERS.take());
         let end = loop {
             // Only a read that waits for the peer has a timer (RFC 5321 §4.5.3.2.6: per
             // block); data already buffered is taken at once.
@@ -548,6 +549,7 @@ impl Filter {
         let Ok((verdict, origin, envelope, data)) = judged else {
             return "451 4.3.0 Local error in processing".to_owned();
         };
+        let data = MESSAGE_BUFFERS.recycled(data);
         for line in verdict.log_lines(direction) {
             match line.level {
                 LogLevel::Info => tracing::info!("{}", line.text),
@@ -575,7 +577,7 @@ impl Filter {
         } else {
             envelope.sender.as_str()
         };
-        match reinject(&self.reinject, sender, &envelope.recipients, &data).await {
+        match reinject(&self.reinject, sender, &envelope.recipients, &data.buffer).await {
             Ok(()) => "250 OK".to_owned(),
             Err(err) => {
                 tracing::warn!("Failed to reinject mail: {err}");
