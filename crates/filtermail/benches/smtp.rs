@@ -316,7 +316,9 @@ fn print_header(bench_mode: bool, seconds: f64, pin: bool) {
 // The sink: Postfix's reinjection port
 
 /// An SMTP server on 127.0.0.1 that takes every message: 250 to everything, 354 to DATA,
-/// reads to the dot, 250. Counts connections, messages and data bytes.
+/// reads to the dot, 250. Offers PIPELINING as Postfix does, and like Postfix's smtpd
+/// holds its replies while pipelined commands are still buffered. Counts connections,
+/// messages and data bytes.
 struct Sink {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
@@ -363,6 +365,8 @@ async fn sink_session(
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
     stream.get_mut().write_all(b"220 sink ESMTP\r\n").await?;
     let mut line = Vec::with_capacity(1024);
+    // Replies wait while pipelined commands are still buffered, as Postfix's smtpd does.
+    let mut replies = Vec::with_capacity(256);
     loop {
         line.clear();
         if stream.read_until(b'\n', &mut line).await? == 0 {
@@ -370,9 +374,11 @@ async fn sink_session(
         }
         let verb = line.get(..4).unwrap_or(&line).to_ascii_uppercase();
         let reply: &[u8] = match verb.as_slice() {
-            b"EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+            b"EHLO" => b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
             b"DATA" => {
-                stream.get_mut().write_all(b"354 go ahead\r\n").await?;
+                replies.extend_from_slice(b"354 go ahead\r\n");
+                stream.get_mut().write_all(&replies).await?;
+                replies.clear();
                 let mut size = 0u64;
                 loop {
                     line.clear();
@@ -389,12 +395,17 @@ async fn sink_session(
                 b"250 2.0.0 Ok: queued\r\n"
             }
             b"QUIT" => {
-                let _ = stream.get_mut().write_all(b"221 bye\r\n").await;
+                replies.extend_from_slice(b"221 bye\r\n");
+                let _ = stream.get_mut().write_all(&replies).await;
                 return Ok(());
             }
             _ => b"250 OK\r\n",
         };
-        stream.get_mut().write_all(reply).await?;
+        replies.extend_from_slice(reply);
+        if stream.buffer().is_empty() {
+            stream.get_mut().write_all(&replies).await?;
+            replies.clear();
+        }
     }
 }
 

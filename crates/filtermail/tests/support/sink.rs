@@ -30,6 +30,13 @@ pub enum SinkMode {
     /// Accept, but close a connection without a reply at the first RCPT TO of its second
     /// or later transaction (after MAIL FROM was answered).
     CloseReusedAtRcpt,
+    /// Accept, without offering PIPELINING: and answer nothing to a command that came
+    /// with the next one already sent, which a client must not do then.
+    NoPipelining,
+    /// Accept, but refuse recipients containing `refused` with `550 5.1.1 No such user`
+    /// (DATA then gets Postfix's `554 5.5.1 Error: no valid recipients` when no recipient
+    /// was accepted, else 354).
+    RefuseSomeRecipients,
 }
 
 /// One accepted transaction.
@@ -57,6 +64,8 @@ struct State {
     open: AtomicUsize,
     /// QUIT commands received.
     quits: AtomicUsize,
+    /// MAIL FROM commands that arrived together with the next command (pipelined).
+    pipelined_mails: AtomicUsize,
 }
 
 pub struct Sink {
@@ -118,6 +127,11 @@ impl Sink {
         self.state.quits.load(Ordering::SeqCst)
     }
 
+    /// MAIL FROM commands that arrived together with the command after them.
+    pub fn pipelined_mails(&self) -> usize {
+        self.state.pipelined_mails.load(Ordering::SeqCst)
+    }
+
     /// Closes every connection that is waiting for a command, without a word.
     pub fn close_idle_connections(&self) {
         self.close_idle.send_modify(|n| *n += 1);
@@ -152,9 +166,21 @@ async fn session(
             Ok(()) = closing.changed() => return Ok(()),
         }
         let line = line.trim_end().to_owned();
+        let next_already_sent = !stream.buffer().is_empty();
+        if next_already_sent && matches!(mode, SinkMode::NoPipelining) {
+            // Stay silent: a client that pipelines without the offer waits in vain.
+            std::future::pending::<()>().await;
+        }
         let reply: &str = if line.starts_with("EHLO") {
-            "250-sink\r\n250-PIPELINING\r\n250 8BITMIME"
+            if matches!(mode, SinkMode::NoPipelining) {
+                "250-sink\r\n250 8BITMIME"
+            } else {
+                "250-sink\r\n250-PIPELINING\r\n250 8BITMIME"
+            }
         } else if let Some(rest) = line.strip_prefix("MAIL FROM:") {
+            if next_already_sent {
+                state.pipelined_mails.fetch_add(1, Ordering::SeqCst);
+            }
             transactions += 1;
             if transactions > 1 && matches!(mode, SinkMode::CloseReusedAtMail) {
                 return Ok(());
@@ -169,8 +195,17 @@ async fn session(
             {
                 return Ok(());
             }
-            current.rcpt_to.push(rest.to_owned());
-            "250 2.1.5 Ok"
+            if matches!(mode, SinkMode::RefuseSomeRecipients) && rest.contains("refused") {
+                "550 5.1.1 No such user"
+            } else {
+                current.rcpt_to.push(rest.to_owned());
+                "250 2.1.5 Ok"
+            }
+        } else if line == "DATA"
+            && current.rcpt_to.is_empty()
+            && matches!(mode, SinkMode::RefuseSomeRecipients)
+        {
+            "554 5.5.1 Error: no valid recipients"
         } else if line == "DATA" {
             stream.get_mut().write_all(b"354 go ahead\r\n").await?;
             loop {
