@@ -235,6 +235,44 @@ async fn pipelined_transaction() {
 }
 
 #[tokio::test]
+async fn commands_in_the_same_write_as_the_data_are_answered() {
+    // Commands that came after the terminator in the same reads are answered after the
+    // message, also when the message is larger than the read buffer.
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
+    let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
+    let mut c = Client::connect(setup.addr).await;
+    assert_eq!(
+        c.command("EHLO x").await,
+        "250-filtermail\n250-8BITMIME\n250 OK"
+    );
+    let mut padded = encrypted();
+    let padding: Vec<u8> =
+        b"X-Padding: 0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(1000);
+    padded.splice(0..0, padding);
+    for message in [encrypted(), padded] {
+        assert_eq!(c.command("MAIL FROM:<alice@example.org>").await, "250 OK");
+        assert_eq!(c.command("RCPT TO:<bob@example.org>").await, "250 OK");
+        assert_eq!(
+            c.command("DATA").await,
+            "354 End data with <CR><LF>.<CR><LF>"
+        );
+        let mut batch = stuff(&message);
+        batch.extend_from_slice(b"NOOP\r\nRSET\r\n");
+        c.send(&batch).await;
+        assert_eq!(c.reply().await, "250 OK");
+        assert_eq!(c.reply().await, "250 OK");
+        assert_eq!(c.reply().await, "250 OK");
+    }
+    let received = sink.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].data, encrypted());
+    assert!(received[1].data.len() > 60_000);
+    assert_eq!(c.command("QUIT").await, "221 OK");
+    assert_eq!(logs.count("INFO Outgoing: Filtering encrypted mail."), 2);
+}
+
+#[tokio::test]
 async fn unencrypted_outgoing_is_refused_with_log_lines() {
     let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let sink = Sink::start(SinkMode::Accept).await;

@@ -63,6 +63,18 @@ impl Logs {
 /// Captures this thread's log lines up to `level` (tests run on a current-thread
 /// runtime, so spawned tasks log here too).
 pub fn capture(level: tracing::Level) -> (Logs, tracing::subscriber::DefaultGuard) {
+    // A global subscriber that takes every event and drops it, so that no call site is
+    // ever judged uninteresting: tracing caches a call site's interest when it is first
+    // hit, and one first hit while no test's subscriber is alive (or racing with the
+    // creation of one) would stay silent for every later test in this binary.
+    static DISCARD_ELSEWHERE: std::sync::Once = std::sync::Once::new();
+    DISCARD_ELSEWHERE.call_once(|| {
+        let discard = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(discard);
+    });
     let logs = Logs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
