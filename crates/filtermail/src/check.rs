@@ -1,7 +1,7 @@
 //! The encryption and origin policy: message bytes + envelope + direction → verdict.
 //!
-//! Pure apart from the `cleartext_ok` callback (the per-recipient `enforceE2EEincoming`
-//! marker), so every rule is testable and fuzzable without sockets or files. Follows
+//! Pure apart from the callbacks for the mailboxes' flag files (`enforceE2EEincoming`,
+//! `DISABLED`), so every rule is testable and fuzzable without sockets or files. Follows
 //! filtermail 0.7.4 (filtermail-latest.md §5, §6.1, §10) without DKIM.
 
 use std::fmt;
@@ -46,6 +46,34 @@ pub struct Verdict {
     /// Incoming only: the envelope sender differs from `From:`, so the message is
     /// reinjected with `MAIL FROM:<>` and no bounce can go to a forged return path.
     pub blank_sender: bool,
+    /// Where an accepted message goes: the envelope's recipients without the disabled
+    /// ones, in order.
+    pub recipients: Vec<String>,
+    /// The disabled recipients taken out (outgoing logs each; incoming is silent).
+    pub disabled_recipients: Vec<String>,
+    /// An accepted message that is answered 250 but not reinjected.
+    pub dropped: Option<Dropped>,
+}
+
+/// Why an accepted message is dropped (filtermail-latest.md §4, §5 step 8, §6.1 step 9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// Outgoing: the sender's address is disabled.
+    SenderDisabled(String),
+    /// Every recipient of the envelope is disabled.
+    AllRecipientsDisabled,
+}
+
+impl Dropped {
+    /// The warning upstream logs, verbatim.
+    pub fn log_line(&self) -> String {
+        match self {
+            Dropped::SenderDisabled(sender) => {
+                format!("Dropping mail; Sender {sender} is disabled.")
+            }
+            Dropped::AllRecipientsDisabled => "Dropping mail; All recipients disabled.".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,14 +141,26 @@ pub struct LogLine {
 }
 
 impl Verdict {
-    /// The lines upstream logs for this verdict, in order.
+    /// The lines upstream logs for this verdict, in order (the drop's comes later, after
+    /// the origin check: [`Dropped::log_line`]).
     pub fn log_lines(&self, direction: Direction) -> Vec<LogLine> {
         let info = |text: String| LogLine {
             level: LogLevel::Info,
             text,
         };
+        let mut lines: Vec<LogLine> = match direction {
+            Direction::Outgoing => self
+                .disabled_recipients
+                .iter()
+                .map(|rcpt| LogLine {
+                    level: LogLevel::Warn,
+                    text: format!("Disabled recipient: {rcpt}; removing from RCPT TO"),
+                })
+                .collect(),
+            Direction::Incoming => Vec::new(),
+        };
         let from = self.from.as_deref().unwrap_or("");
-        match &self.outcome {
+        lines.extend(match &self.outcome {
             Outcome::Accept(Acceptance::Encrypted | Acceptance::SecureJoin) => {
                 vec![info(format!("{direction}: Filtering encrypted mail."))]
             }
@@ -138,38 +178,77 @@ impl Verdict {
                 },
             ],
             Outcome::Reject(_) => Vec::new(),
-        }
+        });
+        lines
     }
 }
 
-/// Judges one message. `cleartext_ok(recipient)` tells whether a local recipient accepts
-/// unencrypted mail (incoming only; false for invalid addresses).
+/// Judges one message without disabled addresses: [`check_with_disabled`].
 pub fn check(
     message: &[u8],
     envelope: &Envelope,
     direction: Direction,
     cleartext_ok: impl Fn(&str) -> bool,
 ) -> Verdict {
-    let reject = |rejection, from| Verdict {
+    check_with_disabled(message, envelope, direction, cleartext_ok, |_| false)
+}
+
+/// Judges one message. `cleartext_ok(recipient)` tells whether a local recipient accepts
+/// unencrypted mail (incoming only), `disabled(address)` whether the operator disabled it;
+/// both false for invalid addresses.
+///
+/// The order is upstream's, which decides what wins: the message must parse and `From:`
+/// hold an address; disabled recipients are taken out (outgoing logs each); an outgoing
+/// `From:` must be the envelope sender; then the encryption verdict over the remaining
+/// recipients; an accepted message from a disabled sender (outgoing), or to no remaining
+/// recipient, is dropped.
+pub fn check_with_disabled(
+    message: &[u8],
+    envelope: &Envelope,
+    direction: Direction,
+    cleartext_ok: impl Fn(&str) -> bool,
+    disabled: impl Fn(&str) -> bool,
+) -> Verdict {
+    let rejected = |rejection, from, disabled_recipients| Verdict {
         outcome: Outcome::Reject(rejection),
         from,
         blank_sender: false,
+        recipients: Vec::new(),
+        disabled_recipients,
+        dropped: None,
     };
     if message.is_empty() {
-        return reject(Rejection::Unparsable("empty message".to_owned()), None);
+        return rejected(
+            Rejection::Unparsable("empty message".to_owned()),
+            None,
+            Vec::new(),
+        );
     }
     let root = Part::parse(message);
     let from_header = root.header("from").unwrap_or("");
     let Some(from) = extract_address(from_header) else {
-        return reject(Rejection::InvalidFromHeader(from_header.to_owned()), None);
+        return rejected(
+            Rejection::InvalidFromHeader(from_header.to_owned()),
+            None,
+            Vec::new(),
+        );
     };
+    let (disabled_recipients, recipients): (Vec<String>, Vec<String>) = envelope
+        .recipients
+        .iter()
+        .cloned()
+        .partition(|rcpt| disabled(rcpt));
     let sender_matches = envelope.sender.eq_ignore_ascii_case(&from);
     let mut blank_sender = false;
     match direction {
         Direction::Outgoing if !sender_matches => {
             // Forged From headers are refused even when the mail is encrypted.
             let sender = envelope.sender.clone();
-            return reject(Rejection::ForgedFrom { from, sender }, None);
+            return rejected(
+                Rejection::ForgedFrom { from, sender },
+                None,
+                disabled_recipients,
+            );
         }
         Direction::Outgoing => {}
         Direction::Incoming => blank_sender = !sender_matches && !envelope.sender.is_empty(),
@@ -181,7 +260,7 @@ pub fn check(
     } else {
         match direction {
             Direction::Outgoing => {
-                if is_self_sent_autocrypt_setup(&root, &from, &envelope.recipients) {
+                if is_self_sent_autocrypt_setup(&root, &from, &recipients) {
                     Outcome::Accept(Acceptance::AutocryptSetup)
                 } else {
                     Outcome::Reject(Rejection::EncryptionNeeded)
@@ -190,7 +269,7 @@ pub fn check(
             Direction::Incoming => {
                 if is_mailer_daemon_report(&root, &from) {
                     Outcome::Accept(Acceptance::MailerDaemon)
-                } else if envelope.recipients.iter().all(|r| cleartext_ok(r)) {
+                } else if recipients.iter().all(|r| cleartext_ok(r)) {
                     Outcome::Accept(Acceptance::CleartextAllowed)
                 } else {
                     Outcome::Reject(Rejection::EncryptionNeeded)
@@ -198,10 +277,29 @@ pub fn check(
             }
         }
     };
+    let dropped = match &outcome {
+        Outcome::Reject(_) => None,
+        Outcome::Accept(_)
+            if direction == Direction::Outgoing
+                && !envelope.sender.is_empty()
+                && disabled(&envelope.sender) =>
+        {
+            Some(Dropped::SenderDisabled(envelope.sender.clone()))
+        }
+        // An envelope without recipients (an `/mxdeliv` request without X-MAIL-TO) is
+        // not about disabled addresses; the caller drops it on its own.
+        Outcome::Accept(_) if recipients.is_empty() && !disabled_recipients.is_empty() => {
+            Some(Dropped::AllRecipientsDisabled)
+        }
+        Outcome::Accept(_) => None,
+    };
     Verdict {
         outcome,
         from: Some(from),
         blank_sender,
+        recipients,
+        disabled_recipients,
+        dropped,
     }
 }
 
@@ -263,6 +361,9 @@ mod tests {
             outcome,
             from: Some("a@x.org".into()),
             blank_sender: false,
+            recipients: vec!["b@x.org".into()],
+            disabled_recipients: Vec::new(),
+            dropped: None,
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Filter;
 use crate::buffers::MESSAGE_BUFFERS;
-use crate::check::{Envelope, LogLevel, Outcome, check};
+use crate::check::{Envelope, LogLevel, Outcome, check_with_disabled};
 use crate::command::{Command, parse_command};
 use crate::data::{DataEnd, DataReader};
 use crate::limiter::rate_limited_reply;
@@ -516,18 +516,31 @@ impl Filter {
         let mailboxes = self.mailboxes.clone();
         let dkim = self.dkim.clone();
         let runtime = tokio::runtime::Handle::current();
-        // Small outgoing messages are judged in place: no DKIM, no marker files, some
-        // microseconds of parsing, less than the handoff to the blocking pool and back.
+        // Small outgoing messages are judged in place: no DKIM, some microseconds of
+        // parsing and a `DISABLED` lookup per address (the dentry cache answers), less
+        // than the handoff to the blocking pool and back.
         let in_place = direction == crate::Direction::Outgoing
             && dkim.is_none()
             && data.len() <= JUDGE_IN_PLACE;
         let judge = move || {
-            let verdict = check(&data, &envelope, direction, |rcpt| {
-                mailboxes
-                    .user(rcpt)
-                    .map(|user| user.is_incoming_cleartext_ok())
-                    .unwrap_or(false)
-            });
+            // A stat per address, as upstream: the kernel's dentry cache answers it.
+            let verdict = check_with_disabled(
+                &data,
+                &envelope,
+                direction,
+                |rcpt| {
+                    mailboxes
+                        .user(rcpt)
+                        .map(|user| user.is_incoming_cleartext_ok())
+                        .unwrap_or(false)
+                },
+                |addr| {
+                    mailboxes
+                        .user(addr)
+                        .map(|user| user.is_disabled())
+                        .unwrap_or(false)
+                },
+            );
             // The origin check comes after the encryption check (0.5.2): a cleartext
             // message to a recipient who wants encryption gets 523 whatever its DKIM.
             let origin = match (&verdict.outcome, &verdict.from, &dkim) {
@@ -565,6 +578,10 @@ impl Filter {
             tracing::warn!("Rejected mail from {from} failing the origin check: {reply}");
             return reply.to_owned();
         }
+        if let Some(dropped) = &verdict.dropped {
+            tracing::warn!("{}", dropped.log_line());
+            return "250 OK".to_owned();
+        }
         if envelope.recipients.is_empty() {
             // Only /mxdeliv gets here (SMTP answers DATA without RCPT with 554): upstream
             // accepts such a request and drops the message.
@@ -577,7 +594,7 @@ impl Filter {
         } else {
             envelope.sender.as_str()
         };
-        match reinject(&self.reinject, sender, &envelope.recipients, &data.buffer).await {
+        match reinject(&self.reinject, sender, &verdict.recipients, &data.buffer).await {
             Ok(()) => "250 OK".to_owned(),
             Err(err) => {
                 tracing::warn!("Failed to reinject mail: {err}");

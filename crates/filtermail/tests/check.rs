@@ -504,3 +504,123 @@ fn every_own_fixture_has_a_case() {
     files.sort_unstable();
     assert_eq!(cased, files);
 }
+
+/// `DISABLED` markers (filtermail-latest.md §3, §5 steps 3 and 8, §6.1 steps 5 and 9):
+/// what is taken out, what is logged, what is dropped, and in which order.
+#[test]
+fn disabled_addresses_follow_upstreams_order() {
+    use Direction::{Incoming, Outgoing};
+    use chatmail_filtermail::check::{Dropped, Verdict, check_with_disabled};
+    let encrypted = std::fs::read(Path::new(OURS).join("enc-new-format.eml")).unwrap();
+    let plain = b"From: one@example.org\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
+    let alice = "alice@example.org";
+    let envelope = |sender: &str, recipients: &[&str]| Envelope {
+        sender: sender.into(),
+        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let off = |addr: &str| addr.starts_with("off");
+    let lines = |verdict: &Verdict, direction| -> Vec<String> {
+        verdict
+            .log_lines(direction)
+            .into_iter()
+            .map(|line| line.text)
+            .collect()
+    };
+    let removed = |rcpt: &str| format!("Disabled recipient: {rcpt}; removing from RCPT TO");
+
+    // Outgoing: disabled recipients are taken out, each logged before the verdict.
+    let to = envelope(alice, &["bob@x.org", "off1@x.org", "carol@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Outgoing, |_| true, off);
+    assert_eq!(verdict.outcome, Outcome::Accept(Acceptance::Encrypted));
+    assert_eq!(verdict.recipients, ["bob@x.org", "carol@x.org"]);
+    assert_eq!(verdict.dropped, None);
+    assert_eq!(
+        lines(&verdict, Outgoing),
+        [
+            removed("off1@x.org"),
+            "Outgoing: Filtering encrypted mail.".into()
+        ]
+    );
+
+    // Every recipient disabled: accepted, then dropped.
+    let to = envelope(alice, &["off1@x.org", "off2@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Outgoing, |_| true, off);
+    assert_eq!(verdict.outcome, Outcome::Accept(Acceptance::Encrypted));
+    assert!(verdict.recipients.is_empty());
+    assert_eq!(verdict.dropped, Some(Dropped::AllRecipientsDisabled));
+    assert_eq!(
+        verdict.dropped.as_ref().unwrap().log_line(),
+        "Dropping mail; All recipients disabled."
+    );
+    assert_eq!(
+        lines(&verdict, Outgoing),
+        [
+            removed("off1@x.org"),
+            removed("off2@x.org"),
+            "Outgoing: Filtering encrypted mail.".into()
+        ]
+    );
+
+    // A disabled sender's accepted mail is dropped...
+    let to = envelope(alice, &["bob@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Outgoing, |_| true, |a| a == alice);
+    assert_eq!(verdict.dropped, Some(Dropped::SenderDisabled(alice.into())));
+    assert_eq!(
+        verdict.dropped.as_ref().unwrap().log_line(),
+        "Dropping mail; Sender alice@example.org is disabled."
+    );
+    // ...its cleartext still refused: the verdict comes first.
+    let to = envelope("one@example.org", &["bob@x.org"]);
+    let verdict = check_with_disabled(plain, &to, Outgoing, |_| true, |a| a == "one@example.org");
+    assert_eq!(
+        verdict.outcome,
+        Outcome::Reject(Rejection::EncryptionNeeded)
+    );
+    assert_eq!(verdict.dropped, None);
+
+    // A forged From is refused after the disabled recipients were logged.
+    let to = envelope("mallory@x.org", &["off1@x.org", "bob@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Outgoing, |_| true, off);
+    assert!(matches!(
+        verdict.outcome,
+        Outcome::Reject(Rejection::ForgedFrom { .. })
+    ));
+    assert_eq!(lines(&verdict, Outgoing), [removed("off1@x.org")]);
+
+    // Incoming: removed silently, and only the remaining recipients' wish for
+    // encryption counts (off1 refuses cleartext, but it is gone).
+    let to = envelope("one@example.org", &["open@x.org", "off1@x.org"]);
+    let verdict = check_with_disabled(plain, &to, Incoming, |r| r == "open@x.org", off);
+    assert_eq!(
+        verdict.outcome,
+        Outcome::Accept(Acceptance::CleartextAllowed)
+    );
+    assert_eq!(verdict.recipients, ["open@x.org"]);
+    assert_eq!(
+        lines(&verdict, Incoming),
+        ["Incoming: Filtering unencrypted mail."]
+    );
+    let to = envelope(alice, &["off1@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Incoming, |_| false, off);
+    assert_eq!(verdict.dropped, Some(Dropped::AllRecipientsDisabled));
+    assert_eq!(
+        lines(&verdict, Incoming),
+        ["Incoming: Filtering encrypted mail."]
+    );
+    // Incoming has no disabled-sender rule.
+    let to = envelope(alice, &["bob@x.org"]);
+    let verdict = check_with_disabled(&encrypted, &to, Incoming, |_| false, |a| a == alice);
+    assert_eq!(verdict.dropped, None);
+
+    // No recipients at all (an /mxdeliv request without X-MAIL-TO) is not about disabled
+    // addresses; the server drops it with its own line.
+    let verdict = check_with_disabled(&encrypted, &envelope(alice, &[]), Incoming, |_| false, off);
+    assert_eq!(verdict.dropped, None);
+
+    // Without markers nothing changes: `check` is the same with none disabled.
+    let to = envelope(alice, &["bob@x.org", "off1@x.org"]);
+    assert_eq!(
+        check(&encrypted, &to, Outgoing, |_| true),
+        check_with_disabled(&encrypted, &to, Outgoing, |_| true, |_| false)
+    );
+}

@@ -367,6 +367,55 @@ async fn envelope_edge_cases() {
 }
 
 #[tokio::test]
+async fn disabled_marker_files_remove_recipients_and_drop_mail() {
+    let (logs, _guard) = logs::capture(tracing::Level::INFO);
+    let sink = Sink::start(SinkMode::Accept).await;
+    let setup = start_filter(Options::new(Direction::Outgoing, sink.addr)).await;
+    let disable = |addr: &str| {
+        let maildir = setup.mailboxes.path().join(addr);
+        std::fs::create_dir_all(&maildir).unwrap();
+        std::fs::write(maildir.join("DISABLED"), "").unwrap();
+    };
+    disable("carol@example.org");
+    let mut c = Client::connect(setup.addr).await;
+    let reply = c
+        .mail(
+            "alice@example.org",
+            &["bob@example.org", "carol@example.org"],
+            &encrypted(),
+        )
+        .await;
+    assert_eq!(reply, "250 OK");
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].rcpt_to, ["<bob@example.org>"]);
+    // Every recipient disabled: 250, nothing reinjected.
+    let reply = c
+        .mail("alice@example.org", &["carol@example.org"], &encrypted())
+        .await;
+    assert_eq!(reply, "250 OK");
+    // A disabled sender: 250, nothing reinjected.
+    disable("alice@example.org");
+    let reply = c
+        .mail("alice@example.org", &["bob@example.org"], &encrypted())
+        .await;
+    assert_eq!(reply, "250 OK");
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(
+        logs.lines(),
+        [
+            "WARN Disabled recipient: carol@example.org; removing from RCPT TO",
+            "INFO Outgoing: Filtering encrypted mail.",
+            "WARN Disabled recipient: carol@example.org; removing from RCPT TO",
+            "INFO Outgoing: Filtering encrypted mail.",
+            "WARN Dropping mail; All recipients disabled.",
+            "INFO Outgoing: Filtering encrypted mail.",
+            "WARN Dropping mail; Sender alice@example.org is disabled.",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn incoming_marker_and_bounces() {
     let (logs, _guard) = logs::capture(tracing::Level::INFO);
     let sink = Sink::start(SinkMode::Accept).await;

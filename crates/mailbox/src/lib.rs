@@ -7,6 +7,8 @@
 //!     password.lock         creation lock (flock), may remain
 //!     password.tmp-<n>      transient, atomic write in progress
 //!     enforceE2EEincoming   empty marker: incoming cleartext is refused
+//!     DISABLED              operator's marker: filtermail neither delivers to nor sends
+//!                           from the address (upstream filtermail 0.6+, experimental)
 //! ```
 //!
 //! Every name that comes from a client is validated here before it becomes a path, so no
@@ -29,6 +31,8 @@ pub const PASSWORD_FILE: &str = "password";
 pub const PASSWORD_LOCK_FILE: &str = "password.lock";
 /// Name of the marker that makes filtermail refuse incoming cleartext mail.
 pub const ENFORCE_E2EE_FILE: &str = "enforceE2EEincoming";
+/// Name of the marker an operator creates to disable an address in filtermail.
+pub const DISABLED_FILE: &str = "DISABLED";
 
 /// Longest address accepted: it becomes one directory name, and Linux file systems
 /// refuse names over 255 bytes.
@@ -192,6 +196,10 @@ impl User {
         self.maildir.join(ENFORCE_E2EE_FILE)
     }
 
+    pub fn disabled_path(&self) -> PathBuf {
+        self.maildir.join(DISABLED_FILE)
+    }
+
     /// The stored password hash: `None` when the file is missing or empty (an empty file is
     /// logged, as upstream does, because it means a broken account).
     pub fn password(&self) -> Result<Option<String>, MailboxError> {
@@ -249,6 +257,11 @@ impl User {
     /// True unless the account refuses incoming cleartext mail.
     pub fn is_incoming_cleartext_ok(&self) -> bool {
         !self.enforce_e2ee_path().exists()
+    }
+
+    /// True when the operator disabled the address (a `DISABLED` file in its maildir).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_path().exists()
     }
 
     /// Takes the exclusive creation lock, waiting at most `timeout`. Upstream's Python
@@ -406,6 +419,22 @@ mod tests {
         fs::create_dir_all(user.maildir()).unwrap();
         fs::write(user.password_path(), "").unwrap();
         assert_eq!(user.record().unwrap(), None);
+    }
+
+    #[test]
+    fn disabled_is_the_marker_file() {
+        let (_dir, boxes) = mailboxes();
+        let user = boxes.user("someone@example.org").unwrap();
+        assert!(!user.is_disabled());
+        user.set_password("{SHA512-CRYPT}$6$abc$def").unwrap();
+        assert!(!user.is_disabled(), "accounts are not created disabled");
+        fs::write(user.disabled_path(), "").unwrap();
+        assert!(user.is_disabled());
+        assert_eq!(
+            user.disabled_path(),
+            user.maildir().join("DISABLED"),
+            "the name upstream's filtermail looks for"
+        );
     }
 
     #[test]
