@@ -1,6 +1,6 @@
 //! The validated configuration: every key of `[params]`, its default and derived values.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, shown};
@@ -136,6 +136,14 @@ pub struct Config {
     /// uses 443), for test setups on loopback; a relay keeps the default.
     /// Key `filtermail_transport_https_port`, default 443.
     pub filtermail_transport_https_port: u16,
+    /// Address every filtermail listener binds, and the name it gives in EHLO when
+    /// reinjecting (`[<ip>]`). filtermail 0.6+ only; relay 1.12 does not set it.
+    /// Key `filtermail_host`, an IP address, default 127.0.0.1.
+    pub filtermail_host: IpAddr,
+    /// Where filtermail reinjects (an IP address or a host name, resolved at start).
+    /// filtermail 0.6+ only; relay 1.12 does not set it.
+    /// Key `postfix_host`, default 127.0.0.1.
+    pub postfix_host: String,
     /// Port where Postfix takes back filtered outgoing mail.
     /// Key `postfix_reinject_port`, default 10025.
     pub postfix_reinject_port: u16,
@@ -357,6 +365,8 @@ impl Config {
             filtermail_lmtp_port_transport: p.uint("filtermail_lmtp_port_transport", 10083)?,
             filtermail_transport_smtp_port: p.uint("filtermail_transport_smtp_port", 25)?,
             filtermail_transport_https_port: p.uint("filtermail_transport_https_port", 443)?,
+            filtermail_host: p.ip("filtermail_host", IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+            postfix_host: p.host("postfix_host", "127.0.0.1")?,
             postfix_reinject_port: p.uint("postfix_reinject_port", 10025)?,
             postfix_reinject_port_incoming: p.uint("postfix_reinject_port_incoming", 10026)?,
             mtail_address: p.take("mtail_address").map(str::to_owned),
@@ -576,6 +586,33 @@ impl<'a> Params<'a> {
         let mb =
             parse_size_mb(value).map_err(|_| self.invalid(key, value, EXPECTED_SIZE.to_owned()))?;
         Ok((value.to_owned(), mb))
+    }
+
+    fn ip(&mut self, key: &'static str, default: IpAddr) -> Result<IpAddr, ConfigError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(value) => py_strip(value)
+                .parse()
+                .map_err(|_| self.invalid(key, value, "an IP address".to_owned())),
+        }
+    }
+
+    /// A host to connect to: an IP address or a DNS name (letters, digits, `-`, `.`,
+    /// `_`), so that a typo cannot smuggle a port or a path in.
+    fn host(&mut self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.take(key).unwrap_or(default);
+        let host = py_strip(value);
+        let is_ip = host.parse::<IpAddr>().is_ok();
+        let is_name = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if is_ip || is_name {
+            Ok(host.to_owned())
+        } else {
+            Err(self.invalid(key, value, "an IP address or a host name".to_owned()))
+        }
     }
 
     /// An empty path would silently mean "the current directory", so it is refused.

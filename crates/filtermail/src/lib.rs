@@ -32,7 +32,7 @@ pub mod server;
 pub mod transport;
 pub mod wire;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +52,13 @@ use transport::Transport;
 /// Failures that stop the daemon.
 #[derive(Debug, Error)]
 pub enum FiltermailError {
-    #[error("binding 127.0.0.1:{port}: {source}")]
-    Bind { port: u16, source: std::io::Error },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("postfix_host {host}: {reason}")]
+    PostfixHost { host: String, reason: String },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -86,7 +91,7 @@ pub struct Filter {
 impl Filter {
     /// The filter for `direction` as chatmail.ini configures it, without DKIM
     /// verification (the caller sets [`Filter::dkim`]).
-    pub fn from_config(config: &Config, direction: Direction) -> Filter {
+    pub fn from_config(config: &Config, direction: Direction) -> Result<Filter, FiltermailError> {
         let (limiter, reinject_port) = match direction {
             Direction::Outgoing => (
                 Some(SendLimiter::new(
@@ -97,19 +102,35 @@ impl Filter {
             ),
             Direction::Incoming => (None, config.postfix_reinject_port_incoming),
         };
-        Filter {
+        let reinject_addr = resolve_postfix_host(&config.postfix_host, reinject_port)?;
+        Ok(Filter {
             direction,
             mailboxes: Mailboxes::new(&config.mailboxes_dir),
             limiter,
             max_message_size: config.max_message_size,
-            reinject: ReinjectTarget::new(
-                SocketAddr::from((Ipv4Addr::LOCALHOST, reinject_port)),
-                Duration::from_secs(60),
-            ),
+            reinject: ReinjectTarget::new(reinject_addr, Duration::from_secs(60))
+                .with_ehlo_address(config.filtermail_host),
             limits: Limits::default(),
             dkim: None,
-        }
+        })
     }
+}
+
+/// `postfix_host`:`port` as a socket address: an IP address as it is, a name resolved
+/// once, now (the first address the system resolver gives).
+pub fn resolve_postfix_host(host: &str, port: u16) -> Result<SocketAddr, FiltermailError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let failed = |reason: String| FiltermailError::PostfixHost {
+        host: host.to_owned(),
+        reason,
+    };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|err| failed(err.to_string()))?
+        .next()
+        .ok_or_else(|| failed("the name has no address".to_owned()))
 }
 
 /// The port chatmail.ini assigns to `direction`'s listener.
@@ -153,15 +174,16 @@ pub fn run_daemon(config: &Config, direction: Direction) -> Result<(), Filtermai
         };
         let filter = Arc::new(Filter {
             dkim,
-            ..Filter::from_config(config, direction)
+            ..Filter::from_config(config, direction)?
         });
         let port = listen_port(config, direction);
         let http = match direction {
             Direction::Outgoing => None,
             Direction::Incoming => {
                 let port = config.filtermail_http_port_incoming;
+                let addr = SocketAddr::new(config.filtermail_host, port);
                 let listener =
-                    bind_listener(port).map_err(|source| FiltermailError::Bind { port, source })?;
+                    bind_listener(addr).map_err(|source| FiltermailError::Bind { addr, source })?;
                 Some((listener, filter.clone()))
             }
         };
@@ -205,13 +227,17 @@ pub fn delivery_settings(config: &Config) -> DeliverySettings {
 /// it all on the wire in its own time. Memory is only used by data waiting to be read.
 pub const RECEIVE_BUFFER: u32 = 1 << 20;
 
-/// A listener on 127.0.0.1:`port` whose connections get [`RECEIVE_BUFFER`].
-pub fn bind_listener(port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
+/// A listener on `addr` (`filtermail_host`, 127.0.0.1 by default) whose connections get
+/// [`RECEIVE_BUFFER`].
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
     // As TcpListener::bind: a restart must not wait for TIME_WAIT connections.
     socket.set_reuseaddr(true)?;
     socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
-    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.bind(addr)?;
     socket.listen(1024)
 }
 
@@ -225,7 +251,8 @@ async fn listen_and_serve<H: Handler>(
     shutdown: impl std::future::Future<Output = ()>,
     http: Option<(TcpListener, Arc<Filter>)>,
 ) -> Result<(), FiltermailError> {
-    let listener = bind_listener(port).map_err(|source| FiltermailError::Bind { port, source })?;
+    let addr = SocketAddr::new(config.filtermail_host, port);
+    let listener = bind_listener(addr).map_err(|source| FiltermailError::Bind { addr, source })?;
     // Must be the first line after the optional DKIM warning: relay's blackbox test
     // waits for a line with "loop".
     tracing::info!("entering serving loop");
@@ -295,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_get_the_receive_buffer() {
         use nix::sys::socket::{getsockopt, sockopt::RcvBuf};
-        let listener = bind_listener(0).unwrap();
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
@@ -307,5 +334,33 @@ mod tests {
         // The kernel doubles what was asked, after capping it at rmem_max.
         let expected = 2 * (RECEIVE_BUFFER as usize).min(rmem_max);
         assert_eq!(getsockopt(&accepted, RcvBuf).unwrap(), expected);
+    }
+
+    #[test]
+    fn postfix_host_is_an_address_or_a_name_resolved_at_start() {
+        assert_eq!(
+            resolve_postfix_host("10.1.2.3", 10025).unwrap(),
+            "10.1.2.3:10025".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_postfix_host("::1", 10026).unwrap(),
+            "[::1]:10026".parse().unwrap()
+        );
+        // From /etc/hosts, no network involved.
+        let local = resolve_postfix_host("localhost", 10025).unwrap();
+        assert!(local.ip().is_loopback(), "{local}");
+        assert_eq!(local.port(), 10025);
+    }
+
+    #[test]
+    fn ehlo_names_are_address_literals() {
+        let target = ReinjectTarget::new("127.0.0.1:1".parse().unwrap(), Duration::from_secs(1));
+        assert_eq!(target.ehlo_name, "[127.0.0.1]");
+        let v4 = target
+            .clone()
+            .with_ehlo_address("10.0.0.7".parse().unwrap());
+        assert_eq!(v4.ehlo_name, "[10.0.0.7]");
+        let v6 = target.with_ehlo_address("fd00::7".parse().unwrap());
+        assert_eq!(v6.ehlo_name, "[IPv6:fd00::7]");
     }
 }

@@ -36,6 +36,9 @@ pub struct ReinjectTarget {
     /// Bound on each connect, read and write; Postfix answers in milliseconds, a hung
     /// Postfix must not hold the sender's connection forever.
     pub timeout: Duration,
+    /// What filtermail says in EHLO: its listening address as an RFC 5321 address
+    /// literal (`[127.0.0.1]`, `[IPv6:::1]`).
+    pub ehlo_name: String,
     /// Idle connections, shared by the clones of this target.
     pool: Arc<Pool>,
 }
@@ -72,11 +75,21 @@ impl ReinjectTarget {
         ReinjectTarget {
             addr,
             timeout,
+            ehlo_name: "[127.0.0.1]".to_owned(),
             pool: Arc::new(Pool {
                 limits,
                 state: Mutex::new(PoolState::default()),
             }),
         }
+    }
+
+    /// The same target, saying `ip` (filtermail's listening address) in EHLO.
+    pub fn with_ehlo_address(mut self, ip: std::net::IpAddr) -> ReinjectTarget {
+        self.ehlo_name = match ip {
+            std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+            std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+        };
+        self
     }
 
     /// Idle connections in the pool right now.
@@ -205,7 +218,9 @@ async fn open(target: &ReinjectTarget) -> Result<Client, ReinjectError> {
         pipelining: false,
     };
     client.expect(220).await?;
-    client.send(b"EHLO [127.0.0.1]\r\n").await?;
+    client
+        .send(format!("EHLO {}\r\n", target.ehlo_name).as_bytes())
+        .await?;
     let ehlo = client.expect(250).await?;
     let offers = |extension: &str| ehlo.lines.iter().any(|l| l.eq_ignore_ascii_case(extension));
     client.eight_bit_mime = offers("8BITMIME");

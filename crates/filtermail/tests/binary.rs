@@ -63,16 +63,34 @@ impl Drop for Daemon {
 /// unset), sends one unsigned cleartext message; returns the first `log_lines` stderr lines
 /// and the SMTP replies.
 fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>, String) {
+    let (lines, replies, _) = serve_one_incoming_at("127.0.0.1", "", skip_dkim, log_lines);
+    (lines, replies)
+}
+
+/// As [`serve_one_incoming`], with filtermail listening on `host` and `extra` lines in the
+/// ini; also returns the EHLO line the reinjection sent (if it got that far).
+fn serve_one_incoming_at(
+    host: &str,
+    extra: &str,
+    skip_dkim: Option<&str>,
+    log_lines: usize,
+) -> (Vec<String>, String, Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let http_port = free_port();
-    // Postfix stand-in that refuses everything, so the reply proves reinjection happened.
+    // Postfix stand-in that refuses everything after EHLO, so the reply proves
+    // reinjection happened.
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let sink_port = sink.local_addr().unwrap().port();
+    let (ehlo_tx, ehlo_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for stream in sink.incoming() {
             let mut stream = stream.unwrap();
-            stream.write_all(b"554 5.3.0 sink closed\r\n").unwrap();
+            stream.write_all(b"220 sink\r\n").unwrap();
+            let mut ehlo = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut ehlo);
+            let _ = ehlo_tx.send(ehlo);
+            let _ = stream.write_all(b"554 5.3.0 sink closed\r\n");
         }
     });
     let ini = dir.path().join("chatmail.ini");
@@ -82,7 +100,7 @@ fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>
             "[params]\nmail_domain = example.org\nfiltermail_smtp_port_incoming = {port}\n\
              filtermail_http_port_incoming = {http_port}\n\
              postfix_reinject_port_incoming = {sink_port}\nmailboxes_dir = {}\n\
-             passthrough_recipients = echo@example.org\n",
+             passthrough_recipients = echo@example.org\n{extra}",
             dir.path().display()
         ),
     )
@@ -108,7 +126,8 @@ fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>
         lines.push(line);
     }
 
-    let mut smtp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ip: std::net::IpAddr = host.parse().unwrap();
+    let mut smtp = TcpStream::connect((ip, port)).unwrap();
     smtp.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     smtp.write_all(
@@ -119,7 +138,24 @@ fn serve_one_incoming(skip_dkim: Option<&str>, log_lines: usize) -> (Vec<String>
     let mut replies = String::new();
     smtp.read_to_string(&mut replies).unwrap();
     drop(daemon);
-    (lines, replies)
+    (lines, replies, ehlo_rx.try_recv().ok())
+}
+
+#[test]
+fn listens_on_filtermail_host_and_says_it_in_ehlo() {
+    let (lines, replies, ehlo) = serve_one_incoming_at(
+        "::1",
+        "filtermail_host = ::1\npostfix_host = 127.0.0.1\n",
+        Some("1"),
+        2,
+    );
+    assert_eq!(lines[1], "entering serving loop\n");
+    assert_eq!(replies, replies_ending("554 5.3.0 sink closed"));
+    assert_eq!(ehlo.as_deref(), Some("EHLO [IPv6:::1]\r\n"));
+    // By default 127.0.0.1, as upstream.
+    let (_, replies, ehlo) = serve_one_incoming_at("127.0.0.1", "", Some("1"), 2);
+    assert_eq!(replies, replies_ending("554 5.3.0 sink closed"));
+    assert_eq!(ehlo.as_deref(), Some("EHLO [127.0.0.1]\r\n"));
 }
 
 fn replies_ending(last: &str) -> String {

@@ -828,3 +828,29 @@ fn load_directory_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn filtermail_and_postfix_hosts() {
+    let c = parse("");
+    assert_eq!(c.filtermail_host.to_string(), "127.0.0.1");
+    assert_eq!(c.postfix_host, "127.0.0.1");
+    let c = parse("filtermail_host = ::1\npostfix_host = postfix.internal\n");
+    assert_eq!(c.filtermail_host.to_string(), "::1");
+    assert_eq!(c.postfix_host, "postfix.internal");
+    let c = parse("postfix_host = 10.0.0.5\n");
+    assert_eq!(c.postfix_host, "10.0.0.5");
+    for value in ["localhost", "example.org:25", "", "10.0.0.300x"] {
+        assert_eq!(
+            error(&format!("filtermail_host = {value}\n")),
+            format!("{FILE}: key 'filtermail_host' has value '{value}', expected an IP address")
+        );
+    }
+    for value in ["example.org:25", "/etc/passwd", "", "a b"] {
+        assert_eq!(
+            error(&format!("postfix_host = {value}\n")),
+            format!(
+                "{FILE}: key 'postfix_host' has value '{value}', expected an IP address or a host name"
+            )
+        );
+    }
+}
