@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chatmail_filtermail::reinject::{ReinjectError, ReinjectTarget, reinject};
 
+use support::eventually;
 use support::sink::{Sink, SinkMode};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,17 +25,6 @@ async fn send(
 ) -> Result<(), ReinjectError> {
     let recipients: Vec<String> = recipients.iter().map(|r| (*r).to_owned()).collect();
     reinject(target, "alice@example.org", &recipients, data).await
-}
-
-/// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chatmail_filtermail::reinject::{PoolLimits, ReinjectError, ReinjectTarget, reinject};
 
+use support::eventually;
 use support::sink::{Sink, SinkMode};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,17 +33,6 @@ async fn send(target: &ReinjectTarget, n: usize) -> Result<(), ReinjectError> {
 /// The subjects the sink accepted, in order: each message once.
 fn delivered(sink: &Sink) -> Vec<Vec<u8>> {
     sink.received().into_iter().map(|r| r.data).collect()
-}
-
-/// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
