@@ -523,7 +523,6 @@ impl Filter {
             && dkim.is_none()
             && data.len() <= JUDGE_IN_PLACE;
         let judge = move || {
-            // A stat per address, as upstream: the kernel's dentry cache answers it.
             let verdict = check_with_disabled(
                 &data,
                 &envelope,
