@@ -541,9 +541,11 @@ impl Client {
     /// replies could not all be read).
     async fn drain(&mut self, unanswered: usize) -> bool {
         for left in (0..unanswered).rev() {
-            match self.expect(250).await {
-                Ok(_) => {}
-                Err(Fail::Reply(reply)) if left > 0 || reply.code != 354 => {}
+            // The last of them is DATA's.
+            let code = if left == 0 { 354 } else { 250 };
+            match self.expect(code).await {
+                Ok(_) if left == 0 => return true,
+                Ok(_) | Err(Fail::Reply(_)) => {}
                 Err(_) => return true,
             }
         }
