@@ -21,7 +21,7 @@ mod smtp;
 mod tls;
 mod wire;
 
-pub use wire::stuffed_pieces;
+pub use wire::{stuffed_pieces, stuffed_pieces_at};
 
 use std::net::SocketAddr;
 use std::time::Duration;

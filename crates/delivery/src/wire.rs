@@ -23,12 +23,18 @@ pub(crate) fn dot_stuffed(data: &[u8]) -> Vec<u8> {
 /// starts the next, so it goes out twice). No line end is added. filtermail's
 /// reinjection writes these slices as they are.
 pub fn stuffed_pieces(data: &[u8]) -> Vec<&[u8]> {
+    stuffed_pieces_at(data, memchr::memmem::find_iter(data, b"\n."))
+}
+
+/// [`stuffed_pieces`] given where `data` holds LF `.`, in order (found by a caller that
+/// knows where to look).
+pub fn stuffed_pieces_at(data: &[u8], lf_dots: impl IntoIterator<Item = usize>) -> Vec<&[u8]> {
     let mut pieces = Vec::new();
     let mut start = 0;
     if data.first() == Some(&b'.') {
         pieces.push(data.get(..1).unwrap_or_default());
     }
-    for newline in memchr::memmem::find_iter(data, b"\n.") {
+    for newline in lf_dots {
         let dot = newline + 1;
         pieces.push(data.get(start..=dot).unwrap_or_default());
         start = dot;

@@ -7,8 +7,9 @@
 use std::fmt;
 
 use crate::address::extract_address;
+use crate::index::{Indexed, MessageIndex};
 use crate::mime::Part;
-use crate::openpgp::check_armored_payload;
+use crate::openpgp::check_armored_payload_indexed;
 
 /// Which Postfix hop the filter sits on; some rules differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +210,32 @@ pub fn check_with_disabled(
     cleartext_ok: impl Fn(&str) -> bool,
     disabled: impl Fn(&str) -> bool,
 ) -> Verdict {
+    let root = Part::parse(message);
+    judge(message, root, envelope, direction, cleartext_ok, disabled)
+}
+
+/// [`check_with_disabled`] with the message's [`MessageIndex`] (built as it arrived):
+/// the same verdict, reading only what the index does not vouch for.
+pub fn check_indexed(
+    message: &[u8],
+    index: &MessageIndex,
+    envelope: &Envelope,
+    direction: Direction,
+    cleartext_ok: impl Fn(&str) -> bool,
+    disabled: impl Fn(&str) -> bool,
+) -> Verdict {
+    let root = Part::parse_indexed(message, Indexed::new(message, index));
+    judge(message, root, envelope, direction, cleartext_ok, disabled)
+}
+
+fn judge(
+    message: &[u8],
+    root: Part<'_>,
+    envelope: &Envelope,
+    direction: Direction,
+    cleartext_ok: impl Fn(&str) -> bool,
+    disabled: impl Fn(&str) -> bool,
+) -> Verdict {
     let rejected = |rejection, from, disabled_recipients| Verdict {
         outcome: Outcome::Reject(rejection),
         from,
@@ -224,7 +251,6 @@ pub fn check_with_disabled(
             Vec::new(),
         );
     }
-    let root = Part::parse(message);
     let from_header = root.header("from").unwrap_or("");
     let Some(from) = extract_address(from_header) else {
         return rejected(
@@ -317,7 +343,7 @@ pub fn is_encrypted(root: &Part<'_>, direction: Direction) -> bool {
         && version.content_type() == "application/pgp-encrypted"
         && version.decoded_body().trim_ascii() == b"Version: 1"
         && payload.content_type() == "application/octet-stream"
-        && check_armored_payload(&payload.decoded_body(), direction)
+        && check_armored_payload_indexed(&payload.decoded_body(), direction, payload.indexed())
 }
 
 /// The first SecureJoin step, sent before keys are known (filtermail.md §6.4).

@@ -21,6 +21,8 @@
 //!
 //! End of stream is the caller's (it sees an empty read).
 
+use crate::index::MessageIndex;
+
 /// Most bytes a bulk pass hands to [`crlf_only`] at once, so a bad line late in a big
 /// read does not make the whole read be scanned twice per good span.
 const BULK_CHUNK: usize = 64 * 1024;
@@ -61,6 +63,9 @@ pub struct DataReader {
     dot: bool,
     /// Offsets of line-start dots in the current bulk span (reused).
     dots: Vec<usize>,
+    /// The facts of the message's pages, gathered as each page is filled, while it is
+    /// still in the cache.
+    index: MessageIndex,
 }
 
 impl DataReader {
@@ -84,12 +89,27 @@ impl DataReader {
             mark: 0,
             dot: false,
             dots: Vec::new(),
+            index: MessageIndex::default(),
         }
+    }
+
+    /// The index of the message [`DataEnd::Message`] returned (empty before).
+    pub fn take_index(&mut self) -> MessageIndex {
+        std::mem::take(&mut self.index)
     }
 
     /// Consumes a prefix of `input`; returns its length and, when the data ended within
     /// it, how. Bytes after the end (pipelined commands) are left unconsumed.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
+        let fed = self.take(input);
+        if fed.1.is_none() && !self.oversized {
+            // The pages this read filled, just written.
+            self.index.extend(&self.data);
+        }
+        fed
+    }
+
+    fn take(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
         let mut pos = 0;
         // Line by line up to here, after a bulk pass found something irregular.
         let mut careful_until = 0;
@@ -186,6 +206,7 @@ impl DataReader {
     }
 
     fn set_oversized(&mut self) {
+        self.index.clear();
         if self.oversized {
             self.data.clear();
         } else {
@@ -196,6 +217,9 @@ impl DataReader {
     }
 
     fn finish(&mut self) -> DataEnd {
+        // The terminator line may have taken back a byte of an indexed page.
+        self.index.truncate(self.data.len());
+        self.index.extend(&self.data);
         if self.oversized {
             DataEnd::Oversized
         } else if self.bare_cr {
@@ -361,6 +385,10 @@ mod tests {
             assert!(used > 0 || end.is_some(), "no progress");
             consumed += used;
             assert!(reader.data.len() <= max + 8, "memory past the limit");
+            if let Some(DataEnd::Message(message)) = &end {
+                // Built read by read, the index is that of the whole message.
+                assert_eq!(reader.take_index(), MessageIndex::of(message));
+            }
             if end.is_some() {
                 return (consumed, end);
             }

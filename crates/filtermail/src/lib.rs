@@ -24,6 +24,7 @@ pub mod command;
 pub mod data;
 pub mod dkim;
 pub mod http;
+pub mod index;
 pub mod limiter;
 pub mod mime;
 pub mod openpgp;

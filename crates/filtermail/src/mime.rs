@@ -10,6 +10,8 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 
+use crate::index::Indexed;
+
 /// Multipart nesting deeper than this is treated as a leaf: no legitimate message needs
 /// it and recursion must stay bounded.
 const MAX_DEPTH: usize = 16;
@@ -26,13 +28,26 @@ pub struct Part<'a> {
     body: &'a [u8],
     /// Sub-parts, `Some` iff the content type is `multipart/*` (even with none found).
     children: Option<Vec<Part<'a>>>,
+    /// The message this part is in, with its index if it has one.
+    indexed: Indexed<'a>,
 }
 
 impl<'a> Part<'a> {
     /// Parses a whole message. Never fails: like upstream's lenient parser, anything is a
     /// message, at worst one without headers.
     pub fn parse(message: &'a [u8]) -> Part<'a> {
-        parse_entity(message, 0)
+        parse_entity(message, 0, Indexed::none())
+    }
+
+    /// [`Part::parse`] of an indexed message: delimiter lines are searched for only
+    /// outside its pure pages.
+    pub fn parse_indexed(message: &'a [u8], indexed: Indexed<'a>) -> Part<'a> {
+        parse_entity(message, 0, indexed)
+    }
+
+    /// The message this part is in, with its index (for the checks of its body).
+    pub fn indexed(&self) -> Indexed<'a> {
+        self.indexed
     }
 
     /// The value of the first header field called `name` (ASCII case-insensitive).
@@ -72,7 +87,7 @@ impl<'a> Part<'a> {
     }
 }
 
-fn parse_entity(entity: &[u8], depth: usize) -> Part<'_> {
+fn parse_entity<'a>(entity: &'a [u8], depth: usize, indexed: Indexed<'a>) -> Part<'a> {
     let (header_block, body) = split_header(entity);
     let headers = parse_headers(header_block);
     let content_type_value = headers
@@ -85,9 +100,9 @@ fn parse_entity(entity: &[u8], depth: usize) -> Part<'_> {
         Some(
             boundary
                 .map(|boundary| {
-                    split_multipart(body, boundary.as_bytes())
+                    split_multipart(body, boundary.as_bytes(), indexed)
                         .into_iter()
-                        .map(|part| parse_entity(part, depth + 1))
+                        .map(|part| parse_entity(part, depth + 1, indexed))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -100,6 +115,7 @@ fn parse_entity(entity: &[u8], depth: usize) -> Part<'_> {
         content_type,
         body,
         children,
+        indexed,
     }
 }
 
@@ -212,12 +228,13 @@ fn part_before(body: &[u8], start: usize, delimiter_start: usize) -> &[u8] {
 /// The body parts between `--boundary` delimiter lines; the line break before a delimiter
 /// belongs to the delimiter (RFC 2046 §5.1.1). Preamble and epilogue are dropped; a
 /// missing close delimiter ends the last part at the end of the body.
-fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+fn split_multipart<'a>(body: &'a [u8], boundary: &[u8], indexed: Indexed<'_>) -> Vec<&'a [u8]> {
     let mut parts = Vec::new();
     // Start offset of the current part's content, once the first delimiter was seen.
     let mut current: Option<usize> = None;
     // Only lines that start with "--boundary" can be delimiters: find those by searching
-    // for LF "--" boundary (one pass at memory speed) instead of visiting every line.
+    // for LF "--" boundary (one pass at memory speed, none over the pure pages of an
+    // indexed message, which hold no '-') instead of visiting every line.
     let mut needle = Vec::with_capacity(boundary.len() + 3);
     needle.extend_from_slice(b"\n--");
     needle.extend_from_slice(boundary);
@@ -226,7 +243,7 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
         .then_some(0);
     let candidates = first
         .into_iter()
-        .chain(memchr::memmem::find_iter(body, &needle).map(|lf| lf + 1));
+        .chain(indexed.find_all(body, &needle).into_iter().map(|lf| lf + 1));
     for line_start in candidates {
         let rest = body.get(line_start..).unwrap_or(&[]);
         let line_len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
@@ -388,10 +405,66 @@ mod tests {
                 })
                 .collect();
             assert_eq!(
-                split_multipart(&body, b"b"),
+                split_multipart(&body, b"b", Indexed::none()),
                 split_multipart_line_by_line(&body, b"b"),
                 "{:?}",
                 String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    /// In an indexed message, delimiters are found outside the pure pages only: the same
+    /// parts, wherever the delimiter lines fall against the pages.
+    #[test]
+    fn indexed_search_agrees_with_visiting_every_line() {
+        use crate::index::{MessageIndex, PAGE};
+        let mut state = 0x5eed_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for round in 0..300 {
+            let lead = next(PAGE);
+            let width = [76, 64, 3, 200][next(4)];
+            let mut body = Vec::new();
+            let mut column = 0;
+            while body.len() < 4 * PAGE {
+                if column == width {
+                    body.extend_from_slice(b"\r\n");
+                    column = 0;
+                } else {
+                    body.push(b64[next(64)]);
+                    column += 1;
+                }
+            }
+            let delimiters: [&[u8]; 4] = [
+                b"\r\n--b\r\n",
+                b"\r\n--b--\r\n",
+                b"\r\n--bx\r\n",
+                b"\n--b \r\n",
+            ];
+            for _ in 0..next(5) {
+                let line = delimiters[next(4)];
+                let at = if next(2) == 0 {
+                    // At a page edge of the message.
+                    (PAGE * (1 + next(3)))
+                        .saturating_sub(lead + next(12))
+                        .min(body.len())
+                } else {
+                    next(body.len())
+                };
+                body.splice(at..at, line.iter().copied());
+            }
+            let message = [vec![b'x'; lead], body.clone()].concat();
+            let index = MessageIndex::of(&message);
+            let indexed = Indexed::new(&message, &index);
+            assert_eq!(
+                split_multipart(&message[lead..], b"b", indexed),
+                split_multipart_line_by_line(&body, b"b"),
+                "round {round}"
             );
         }
     }

@@ -7,6 +7,7 @@
 use base64::Engine as _;
 
 use crate::check::Direction;
+use crate::index::{Indexed, PAGE, Page};
 
 const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----\r\n";
 const END: &[u8] = b"-----END PGP MESSAGE-----";
@@ -18,7 +19,17 @@ const TAG_SEIPD: u8 = 18;
 
 /// Whether an armored `PGP MESSAGE` holds only an encrypted message (filtermail.md §6.2).
 pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
-    armor_body(payload, direction).is_some_and(check_armor_body)
+    check_armored_payload_indexed(payload, direction, Indexed::none())
+}
+
+/// [`check_armored_payload`] for a payload that may lie in an indexed message: the
+/// armor's whole pages are judged by their facts instead of being read.
+pub fn check_armored_payload_indexed(
+    payload: &[u8],
+    direction: Direction,
+    indexed: Indexed<'_>,
+) -> bool {
+    armor_body(payload, direction).is_some_and(|text| check_armor_body(text, indexed))
 }
 
 /// The base64 text between the armor lines, without a `Version:` header (refused
@@ -62,8 +73,8 @@ fn armor_body(payload: &[u8], direction: Direction) -> Option<&[u8]> {
 
 /// Whether the armor's base64 `text` decodes to an encrypted packet sequence: decoded
 /// only where the packet walk reads when its lines are regular, else joined and decoded.
-fn check_armor_body(text: &[u8]) -> bool {
-    match Lines::regular(text).map(|lines| lines.decoded()) {
+fn check_armor_body(text: &[u8], indexed: Indexed<'_>) -> bool {
+    match Lines::regular(text, indexed).map(|lines| lines.decoded(indexed)) {
         Some(Base64::Valid(decoded)) => walk(&decoded),
         Some(Base64::Invalid) => false,
         // Irregular line breaks (hand-made armor): join and decode it all.
@@ -114,7 +125,7 @@ struct Lines<'a> {
 }
 
 impl<'a> Lines<'a> {
-    fn regular(mut text: &'a [u8]) -> Option<Lines<'a>> {
+    fn regular(mut text: &'a [u8], indexed: Indexed<'_>) -> Option<Lines<'a>> {
         // Line breaks at the end join to nothing (the checksum line's removal leaves one).
         while let Some((&(b'\r' | b'\n'), rest)) = text.split_last() {
             text = rest;
@@ -135,11 +146,23 @@ impl<'a> Lines<'a> {
         if last == 0 || last > width {
             return None;
         }
-        for line in 0..full {
+        let grid = Grid {
+            width,
+            stride,
+            full,
+            pages: indexed.pages_within(text),
+        };
+        let mut line = 0;
+        while line < full {
+            if let Some(after) = grid.verified_through(line) {
+                line = after;
+                continue;
+            }
             let at = line * stride + width;
             if text.get(at..at + 2) != Some(b"\r\n") {
                 return None;
             }
+            line += 1;
         }
         // Any other CR or LF would be inside a line: counted by the scan in `decoded`.
         Some(Lines {
@@ -165,7 +188,7 @@ impl<'a> Lines<'a> {
     /// outside the alphabet there ('=' included); the last 1–4 characters get the padding
     /// and length rules. So: one pass over the text before the last quad for the
     /// alphabet, the engine on the last quad.
-    fn decoded(self) -> Base64<'a> {
+    fn decoded(self, indexed: Indexed<'_>) -> Base64<'a> {
         if self.chars == 0 {
             // The engine decodes nothing into nothing, which is no packet.
             return Base64::Invalid;
@@ -174,7 +197,7 @@ impl<'a> Lines<'a> {
         let quads = self.chars - if rem == 0 { 4 } else { rem };
         let split = self.position(quads);
         let head = self.text.get(..split).unwrap_or_default();
-        let (alphabet_only, head_breaks) = scan(head);
+        let (alphabet_only, head_breaks) = scan_indexed(head, indexed);
         let (_, tail_breaks) = scan(self.text.get(split..).unwrap_or_default());
         if head_breaks + tail_breaks != 2 * (self.chars.saturating_sub(1) / self.width) {
             // A CR or LF inside a line.
@@ -211,6 +234,58 @@ enum Base64<'a> {
     Invalid,
     /// Not regular lines after all: a CR or LF inside one.
     Irregular,
+}
+
+/// The line grid of regular armor text, with the facts of the indexed pages inside it.
+struct Grid<'p> {
+    width: usize,
+    stride: usize,
+    /// Lines ending in CRLF.
+    full: usize,
+    /// Offset in the text of the first indexed page, and the pages.
+    pages: Option<(usize, &'p [Page])>,
+}
+
+impl Grid<'_> {
+    /// When the LF of line `line` lies in an indexed page whose facts show CRLF exactly
+    /// where the grid puts line ends (and no other line break): the first line whose LF
+    /// lies beyond that page, as every line up to there is verified.
+    fn verified_through(&self, line: usize) -> Option<usize> {
+        let (lead, pages) = self.pages?;
+        // Line k's LF is at k * stride + width + 1 (text offsets).
+        let lf_of = |k: usize| k * self.stride + self.width + 1;
+        let index = lf_of(line).checked_sub(lead)? / PAGE;
+        let page = pages.get(index)?;
+        if !page.pure || usize::from(page.stride) != self.stride {
+            return None;
+        }
+        let start = lead + index * PAGE;
+        // The grid's LFs in the page: lines first..end.
+        let first = start.saturating_sub(self.width + 1).div_ceil(self.stride);
+        let end = ((start + PAGE - 1 - (self.width + 1)) / self.stride + 1).min(self.full);
+        // Both are evenly spaced by the same stride: equal if they start alike and count
+        // alike. The page's facts put a CR before each of its LFs and rule out any other
+        // CR or LF in it.
+        let same = lf_of(first) == start + usize::from(page.first_lf)
+            && end.checked_sub(first) == Some(usize::from(page.lfs));
+        same.then_some(end)
+    }
+}
+
+/// [`scan`] taking the counts of the indexed pages inside `text` instead of reading them.
+fn scan_indexed(text: &[u8], indexed: Indexed<'_>) -> (bool, usize) {
+    let Some((lead, pages)) = indexed.pages_within(text) else {
+        return scan(text);
+    };
+    let tail = lead + pages.len() * PAGE;
+    let (lead_ok, lead_breaks) = scan(text.get(..lead).unwrap_or_default());
+    let (tail_ok, tail_breaks) = scan(text.get(tail..).unwrap_or_default());
+    let pages_ok = pages.iter().all(|page| page.pure);
+    let page_breaks: usize = pages.iter().map(|page| usize::from(page.breaks)).sum();
+    (
+        lead_ok && pages_ok && tail_ok,
+        lead_breaks + page_breaks + tail_breaks,
+    )
 }
 
 /// Whether every byte is a base64 character (without '='), CR or LF, and how many CR
@@ -502,7 +577,7 @@ mod tests {
 
     /// The new path alone (the fallback for irregular lines is the old one).
     fn on_demand(text: &[u8]) -> Option<bool> {
-        match Lines::regular(text).map(|lines| lines.decoded()) {
+        match Lines::regular(text, Indexed::none()).map(|lines| lines.decoded(Indexed::none())) {
             Some(Base64::Valid(decoded)) => Some(walk(&decoded)),
             Some(Base64::Invalid) => Some(false),
             Some(Base64::Irregular) | None => None,
@@ -598,6 +673,86 @@ mod tests {
             assert_eq!(on_demand(&bad), Some(false));
             assert!(!joined_then_decoded(&bad));
         }
+    }
+
+    /// With the message's index, the armor checks judge whole pages by their facts: the
+    /// verdicts must be those of reading every byte, for armor of many pages at any
+    /// offset in the message, any line width, with stray bytes, line breaks and missing
+    /// bytes anywhere (page edges included).
+    #[test]
+    fn index_gives_the_verdicts_of_reading_everything() {
+        use crate::index::MessageIndex;
+        let mut state = 0x1_0de5_u64;
+        let mut accepted = 0;
+        let mut regular = 0;
+        for round in 0..600 {
+            let pick = |state: &mut u64, n: usize| (rng(state) % n as u64) as usize;
+            let mut data = packet(1, 60);
+            data.push(0xd2);
+            for _ in 0..1 + pick(&mut state, 5) {
+                data.push(0xe0 | 12);
+                data.extend((0..1 << 12).map(|_| rng(&mut state) as u8));
+            }
+            let tail = pick(&mut state, 100);
+            data.push(tail as u8);
+            data.extend((0..tail).map(|_| rng(&mut state) as u8));
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            let width = [64, 76, 60, 1, 4, 100, 2046, 4094, 5000][pick(&mut state, 9)];
+            let mut text = wrap(b64.as_bytes(), width);
+            // Where the text will start in the message.
+            let offset = 1000 + pick(&mut state, PAGE);
+            let changes = if round % 3 == 0 {
+                0
+            } else {
+                pick(&mut state, 4)
+            };
+            for _ in 0..changes {
+                // Near a page edge of the message half of the time.
+                let at = if pick(&mut state, 2) == 0 {
+                    (PAGE * (1 + pick(&mut state, 6)) + pick(&mut state, 5))
+                        .saturating_sub(2 + offset)
+                        .min(text.len())
+                } else {
+                    pick(&mut state, text.len() + 1)
+                };
+                let byte = b"=\r\nA/+!-.\xff"[pick(&mut state, 10)];
+                match pick(&mut state, 3) {
+                    0 => text.insert(at, byte),
+                    1 if at < text.len() => text[at] = byte,
+                    _ if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let payload = [BEGIN, &text[..], b"\r\n", END, b"\r\n"].concat();
+            // The payload somewhere in a message.
+            let lead = offset - BEGIN.len();
+            let message = [vec![b'H'; lead], payload.clone(), b"\r\n--b--\r\n".to_vec()].concat();
+            let index = MessageIndex::of(&message);
+            let indexed = Indexed::new(&message, &index);
+            let in_message = &message[lead..lead + payload.len()];
+            let body = &message[lead + BEGIN.len()..lead + BEGIN.len() + text.len()];
+            let plain = Lines::regular(&text, Indexed::none()).is_some();
+            assert_eq!(
+                Lines::regular(body, indexed).is_some(),
+                plain,
+                "round {round}: width {width}, {changes} changes"
+            );
+            regular += usize::from(plain);
+            for direction in [Direction::Outgoing, Direction::Incoming] {
+                let expected = check_armored_payload(&payload, direction);
+                accepted += usize::from(expected);
+                assert_eq!(
+                    check_armored_payload_indexed(in_message, direction, indexed),
+                    expected,
+                    "round {round}: width {width}, {changes} changes"
+                );
+            }
+        }
+        // Both verdicts occur, regular armor is common.
+        assert!(accepted > 300 && accepted < 1100, "{accepted}");
+        assert!(regular > 300, "{regular}");
     }
 
     #[test]

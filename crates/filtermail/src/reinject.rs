@@ -22,11 +22,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use chatmail_delivery::stuffed_pieces;
+use chatmail_delivery::stuffed_pieces_at;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::index::Indexed;
 
 /// Where and how patiently to reinject, and the idle connections kept for it.
 #[derive(Debug, Clone)]
@@ -177,8 +179,21 @@ pub async fn reinject(
     recipients: &[String],
     data: &[u8],
 ) -> Result<(), ReinjectError> {
+    reinject_indexed(target, sender, recipients, data, Indexed::none()).await
+}
+
+/// [`reinject`] of a message with its index: 8-bit data and line-start dots are looked
+/// for outside its pure pages only.
+pub async fn reinject_indexed(
+    target: &ReinjectTarget,
+    sender: &str,
+    recipients: &[String],
+    data: &[u8],
+    indexed: Indexed<'_>,
+) -> Result<(), ReinjectError> {
+    let message = Message { data, indexed };
     if let Some(client) = target.pool.take() {
-        match transaction(client, sender, recipients, data, true).await {
+        match transaction(client, sender, recipients, message, true).await {
             Ok(client) => {
                 target.pool.put(client);
                 return Ok(());
@@ -191,13 +206,20 @@ pub async fn reinject(
         }
     }
     let client = open(target).await?;
-    match transaction(client, sender, recipients, data, false).await {
+    match transaction(client, sender, recipients, message, false).await {
         Ok(client) => {
             target.pool.put(client);
             Ok(())
         }
         Err(Failed::Stale(err) | Failed::Final(err)) => Err(err),
     }
+}
+
+/// A message to send: its bytes, and the message they lie in with its index.
+#[derive(Clone, Copy)]
+struct Message<'a> {
+    data: &'a [u8],
+    indexed: Indexed<'a>,
 }
 
 /// How a transaction failed.
@@ -234,10 +256,10 @@ async fn transaction(
     mut client: Client,
     sender: &str,
     recipients: &[String],
-    data: &[u8],
+    message: Message<'_>,
     reused: bool,
 ) -> Result<Client, Failed> {
-    let eight_bit = client.eight_bit_mime && !data.is_ascii();
+    let eight_bit = client.eight_bit_mime && !message.indexed.is_ascii(message.data);
     let body = if eight_bit { " BODY=8BITMIME" } else { "" };
     let mail = format!("MAIL FROM:<{sender}>{body}\r\n");
     let mut commands = Vec::with_capacity(1 + recipients.len() + 1);
@@ -284,7 +306,7 @@ async fn transaction(
         }
     }
     let rest = async {
-        client.send_message(data).await?;
+        client.send_message(message).await?;
         client.expect(250).await.map(drop)
     };
     match rest.await {
@@ -417,7 +439,10 @@ async fn connect(target: &ReinjectTarget) -> Result<TcpStream, ReinjectError> {
 /// The wire form of a message: leading dots doubled, a final CRLF if missing, and the
 /// `.` terminator line.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let (pieces, end) = wire_pieces(data);
+    let (pieces, end) = wire_pieces(Message {
+        data,
+        indexed: Indexed::none(),
+    });
     let mut out = Vec::with_capacity(data.len() + pieces.len() + end.len());
     for piece in pieces {
         out.extend_from_slice(piece);
@@ -427,15 +452,17 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 }
 
 /// The wire form of `data` without copying it: slices of `data` whose concatenation is the
-/// dot-stuffed message ([`stuffed_pieces`]), then the terminator (with the CRLF the data
+/// dot-stuffed message ([`stuffed_pieces_at`]), then the terminator (with the CRLF the data
 /// may lack).
-fn wire_pieces(data: &[u8]) -> (Vec<&[u8]>, &'static [u8]) {
+fn wire_pieces(message: Message<'_>) -> (Vec<&[u8]>, &'static [u8]) {
+    let data = message.data;
     let end: &[u8] = if data.is_empty() || data.ends_with(b"\r\n") {
         b".\r\n"
     } else {
         b"\r\n.\r\n"
     };
-    (stuffed_pieces(data), end)
+    let lf_dots = message.indexed.find_all(data, b"\n.");
+    (stuffed_pieces_at(data, lf_dots), end)
 }
 
 #[derive(Debug)]
@@ -464,8 +491,8 @@ impl Client {
     /// Sends the message data in its wire form, written from where it lies (its slices
     /// and the terminator gathered by `writev`): a small message and its terminator are
     /// one write, and nothing is copied.
-    async fn send_message(&mut self, data: &[u8]) -> Result<(), Fail> {
-        let (mut pieces, end) = wire_pieces(data);
+    async fn send_message(&mut self, message: Message<'_>) -> Result<(), Fail> {
+        let (mut pieces, end) = wire_pieces(message);
         pieces.push(end);
         let write = write_all_gathered(self.stream.get_mut(), &pieces);
         match tokio::time::timeout(self.timeout, write).await {

@@ -12,11 +12,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Filter;
 use crate::buffers::MESSAGE_BUFFERS;
-use crate::check::{Envelope, LogLevel, Outcome, check_with_disabled};
+use crate::check::{Envelope, LogLevel, Outcome, check_indexed};
 use crate::command::{Command, parse_command};
 use crate::data::{DataEnd, DataReader};
+use crate::index::{Indexed, MessageIndex};
 use crate::limiter::rate_limited_reply;
-use crate::reinject::reinject;
+use crate::reinject::reinject_indexed;
 
 /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; ESMTP parameters make
 /// Postfix's lines longer, never this long).
@@ -25,7 +26,8 @@ const MAX_COMMAND_LINE: usize = 4096;
 /// Read buffer per connection.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Outgoing messages up to this size are judged on the runtime's thread.
+/// Outgoing messages with at most this many bytes that their index does not vouch for
+/// are judged on the runtime's thread.
 const JUDGE_IN_PLACE: usize = 64 * 1024;
 
 /// Limits that keep one peer from holding resources forever.
@@ -88,13 +90,15 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// After the final dot: the reply, already one line per recipient (joined with CRLF)
-    /// when [`Handler::reply_per_recipient`]. `data` is unstuffed, with CRLF line ends.
+    /// when [`Handler::reply_per_recipient`]. `data` is unstuffed, with CRLF line ends;
+    /// `index` holds the facts of its pages, gathered as they arrived.
     fn message(
         &self,
         transaction: Self::Transaction,
         sender: String,
         recipients: Vec<String>,
         data: Vec<u8>,
+        index: MessageIndex,
     ) -> impl Future<Output = String> + Send;
 }
 
@@ -123,8 +127,9 @@ impl Handler for Filter {
         sender: String,
         recipients: Vec<String>,
         data: Vec<u8>,
+        index: MessageIndex,
     ) -> impl Future<Output = String> + Send {
-        self.judge_and_reinject(sender, recipients, data)
+        self.judge_indexed_and_reinject(sender, recipients, data, index)
     }
 }
 
@@ -476,9 +481,10 @@ impl<H: Handler> Session<'_, H> {
                 return Ok(Flow::Continue);
             }
         };
+        let index = receiver.take_index();
         let reply = self
             .handler
-            .message(transaction, sender, recipients, data)
+            .message(transaction, sender, recipients, data, index)
             .await;
         self.reply(&reply).await?;
         Ok(Flow::Continue)
@@ -511,20 +517,35 @@ impl Filter {
         recipients: Vec<String>,
         data: Vec<u8>,
     ) -> String {
+        self.judge_indexed_and_reinject(sender, recipients, data, MessageIndex::default())
+            .await
+    }
+
+    /// [`Filter::judge_and_reinject`] of a message with its [`MessageIndex`].
+    pub async fn judge_indexed_and_reinject(
+        &self,
+        sender: String,
+        recipients: Vec<String>,
+        data: Vec<u8>,
+        index: MessageIndex,
+    ) -> String {
         let envelope = Envelope { sender, recipients };
         let direction = self.direction;
         let mailboxes = self.mailboxes.clone();
         let dkim = self.dkim.clone();
         let runtime = tokio::runtime::Handle::current();
-        // Small outgoing messages are judged in place: no DKIM, some microseconds of
-        // parsing and a `DISABLED` lookup per address (the dentry cache answers), less
-        // than the handoff to the blocking pool and back.
+        // Outgoing messages are judged in place when the check has little to read: small
+        // ones, or big ones made of evenly lined base64 pages, whose checks take the
+        // pages' facts. No DKIM, some microseconds of parsing and a `DISABLED` lookup per
+        // address (the dentry cache answers): less than the handoff to the blocking pool
+        // and back, two context switches per message.
         let in_place = direction == crate::Direction::Outgoing
             && dkim.is_none()
-            && data.len() <= JUDGE_IN_PLACE;
+            && index.unvouched(data.len()) <= JUDGE_IN_PLACE;
         let judge = move || {
-            let verdict = check_with_disabled(
+            let verdict = check_indexed(
                 &data,
+                &index,
                 &envelope,
                 direction,
                 |rcpt| {
@@ -548,7 +569,7 @@ impl Filter {
                 }
                 _ => Ok(()),
             };
-            (verdict, origin, envelope, data)
+            (verdict, origin, envelope, data, index)
         };
         // Otherwise parsing and hashing tens of megabytes and stat()ing marker files must
         // not stall the runtime's other connections; the key lookups run on the runtime
@@ -558,7 +579,7 @@ impl Filter {
         } else {
             tokio::task::spawn_blocking(judge).await
         };
-        let Ok((verdict, origin, envelope, data)) = judged else {
+        let Ok((verdict, origin, envelope, data, index)) = judged else {
             return "451 4.3.0 Local error in processing".to_owned();
         };
         let data = MESSAGE_BUFFERS.recycled(data);
@@ -593,7 +614,16 @@ impl Filter {
         } else {
             envelope.sender.as_str()
         };
-        match reinject(&self.reinject, sender, &verdict.recipients, &data.buffer).await {
+        let indexed = Indexed::new(&data.buffer, &index);
+        match reinject_indexed(
+            &self.reinject,
+            sender,
+            &verdict.recipients,
+            &data.buffer,
+            indexed,
+        )
+        .await
+        {
             Ok(()) => "250 OK".to_owned(),
             Err(err) => {
                 tracing::warn!("Failed to reinject mail: {err}");

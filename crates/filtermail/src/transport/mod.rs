@@ -171,6 +171,8 @@ impl<D: Deliver> Handler for Transport<D> {
         sender: String,
         recipients: Vec<String>,
         data: Vec<u8>,
+        // Delivery copies the message out whole; nothing to spare.
+        _index: crate::index::MessageIndex,
     ) -> String {
         let deadline = tokio::time::Instant::now() + self.reply_deadline;
         let sender: Arc<str> = Arc::from(sender);
