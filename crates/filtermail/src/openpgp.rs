@@ -584,6 +584,19 @@ mod tests {
         }
     }
 
+    /// Inserts `byte` at `at` (`how` 0), puts it in place of the byte there (1) or
+    /// removes that byte (2).
+    fn edit(text: &mut Vec<u8>, at: usize, byte: u8, how: usize) {
+        match how {
+            0 => text.insert(at, byte),
+            1 if at < text.len() => text[at] = byte,
+            _ if at < text.len() => {
+                text.remove(at);
+            }
+            _ => {}
+        }
+    }
+
     fn wrap(b64: &[u8], width: usize) -> Vec<u8> {
         b64.chunks(width).collect::<Vec<_>>().join(&b"\r\n"[..])
     }
@@ -618,14 +631,7 @@ mod tests {
             for _ in 0..pick(&mut state, 3) {
                 let at = pick(&mut state, text.len() + 1);
                 let byte = b"=\r\nA/+!- \xff"[pick(&mut state, 10)];
-                match pick(&mut state, 3) {
-                    0 => text.insert(at, byte),
-                    1 if at < text.len() => text[at] = byte,
-                    _ if at < text.len() => {
-                        text.remove(at);
-                    }
-                    _ => {}
-                }
+                edit(&mut text, at, byte, pick(&mut state, 3));
             }
             let expected = joined_then_decoded(&text);
             if let Some(got) = on_demand(&text) {
@@ -716,14 +722,7 @@ mod tests {
                     pick(&mut state, text.len() + 1)
                 };
                 let byte = b"=\r\nA/+!-.\xff"[pick(&mut state, 10)];
-                match pick(&mut state, 3) {
-                    0 => text.insert(at, byte),
-                    1 if at < text.len() => text[at] = byte,
-                    _ if at < text.len() => {
-                        text.remove(at);
-                    }
-                    _ => {}
-                }
+                edit(&mut text, at, byte, pick(&mut state, 3));
             }
             let payload = [BEGIN, &text[..], b"\r\n", END, b"\r\n"].concat();
             // The payload somewhere in a message.
