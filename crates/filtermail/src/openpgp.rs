@@ -262,7 +262,10 @@ impl Grid<'_> {
         let start = lead + index * PAGE;
         // The grid's LFs in the page: lines first..end.
         let first = start.saturating_sub(self.width + 1).div_ceil(self.stride);
-        let end = ((start + PAGE - 1 - (self.width + 1)) / self.stride + 1).min(self.full);
+        // (A stride this page has is under PAGE, so the page's last byte lies past the
+        // first LF; checked all the same.)
+        let end =
+            ((start + PAGE - 1).checked_sub(self.width + 1)? / self.stride + 1).min(self.full);
         // Both are evenly spaced by the same stride: equal if they start alike and count
         // alike. The page's facts put a CR before each of its LFs and rule out any other
         // CR or LF in it.
