@@ -101,7 +101,7 @@ impl DataReader {
     /// Consumes a prefix of `input`; returns its length and, when the data ended within
     /// it, how. Bytes after the end (pipelined commands) are left unconsumed.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
-        let fed = self.take(input);
+        let fed = self.consume(input);
         if fed.1.is_none() && !self.oversized {
             // The pages this read filled, just written.
             self.index.extend(&self.data);
@@ -109,7 +109,8 @@ impl DataReader {
         fed
     }
 
-    fn take(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
+    /// [`DataReader::feed`] without the indexing.
+    fn consume(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
         let mut pos = 0;
         // Line by line up to here, after a bulk pass found something irregular.
         let mut careful_until = 0;
