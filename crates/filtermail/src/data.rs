@@ -20,6 +20,12 @@
 //! - a line ending in a bare LF ends the dialogue.
 //!
 //! End of stream is the caller's (it sees an empty read).
+//!
+//! A caller may also read the socket straight into the message ([`DataReader::direct`]
+//! and [`DataReader::settle`]): regular lines are then checked and unstuffed where they
+//! landed, sparing the copy from a read buffer; the bytes of a line not yet complete wait
+//! there for the next read, and anything irregular is taken out and goes the way of
+//! [`DataReader::feed`].
 
 use crate::index::MessageIndex;
 
@@ -66,6 +72,9 @@ pub struct DataReader {
     /// The facts of the message's pages, gathered as each page is filled, while it is
     /// still in the cache.
     index: MessageIndex,
+    /// Where bytes read straight into `data` begin that are not yet taken (the start of
+    /// a line); `None` when there are none.
+    raw_from: Option<usize>,
 }
 
 impl DataReader {
@@ -90,6 +99,7 @@ impl DataReader {
             dot: false,
             dots: Vec::new(),
             index: MessageIndex::default(),
+            raw_from: None,
         }
     }
 
@@ -101,12 +111,92 @@ impl DataReader {
     /// Consumes a prefix of `input`; returns its length and, when the data ended within
     /// it, how. Bytes after the end (pipelined commands) are left unconsumed.
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<DataEnd>) {
+        self.take_raw_line();
         let fed = self.consume(input);
         if fed.1.is_none() && !self.oversized {
             // The pages this read filled, just written.
             self.index.extend(&self.data);
         }
         fed
+    }
+
+    /// Room for a read of at most `chunk` bytes straight into the message, when the
+    /// reader can take them in place: at a line start, not oversized, and `chunk` more
+    /// bytes within the maximum size (so no line in them can be too long). The read
+    /// appends to the returned buffer; [`DataReader::settle`] then takes the bytes.
+    pub fn direct(&mut self, chunk: usize) -> Option<bytes::buf::Limit<&mut Vec<u8>>> {
+        if chunk == 0
+            || self.in_line
+            || self.oversized
+            || self.data.len().saturating_add(chunk) > self.max
+        {
+            return None;
+        }
+        self.raw_from.get_or_insert(self.data.len());
+        // A recycled buffer's spare room is used as it is, in smaller reads near its end,
+        // rather than reallocated (and the message copied) for a whole chunk.
+        if self.data.capacity() - self.data.len() <= chunk / 4 {
+            grow(&mut self.data, chunk);
+        }
+        let room = chunk.min(self.data.capacity() - self.data.len());
+        Some(bytes::BufMut::limit(&mut self.data, room))
+    }
+
+    /// Takes the bytes a read appended to the buffer [`DataReader::direct`] gave: whole
+    /// regular lines in place (stuffed dots removed by moving what follows), a partial
+    /// last line left to be completed by the next read, anything irregular taken out and
+    /// fed. When the data ended, returns how and the bytes after the terminator.
+    pub fn settle(&mut self) -> Option<(DataEnd, Vec<u8>)> {
+        let start = self.raw_from?;
+        let raw = self.data.get(start..).unwrap_or_default();
+        // Only a partial line so far: it waits where it is.
+        let last_lf = memchr::memrchr(b'\n', raw)?;
+        let span = raw.get(..=last_lf).unwrap_or_default();
+        let end = line_start_dots(span, &mut self.dots);
+        let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
+        if !crlf_only(lines) {
+            let raw = self.data.split_off(start);
+            self.raw_from = None;
+            let (used, end) = self.feed(&raw);
+            return end.map(|end| (end, raw.get(used..).unwrap_or_default().to_vec()));
+        }
+        // Stuffed dots out: each stretch between them moves down over the gap.
+        let mut to = start;
+        let mut from = start;
+        for &dot in &self.dots {
+            let at = start + dot;
+            self.data.copy_within(from..at, to);
+            to += at - from;
+            from = at + 1;
+        }
+        if let Some(dot) = end {
+            let at = start + dot;
+            self.data.copy_within(from..at, to);
+            to += at - from;
+            let after = self.data.get(at + 3..).unwrap_or_default().to_vec();
+            self.data.truncate(to);
+            self.raw_from = None;
+            return Some((self.finish(), after));
+        }
+        // The partial line after the last LF moves down too and stays raw.
+        let len = self.data.len();
+        self.data.copy_within(from..len, to);
+        self.data.truncate(to + (len - from));
+        let raw_from = start + last_lf + 1 - self.dots.len();
+        self.raw_from = Some(raw_from);
+        self.index
+            .extend(self.data.get(..raw_from).unwrap_or_default());
+        None
+    }
+
+    /// Gives a partial line read by [`DataReader::direct`] to the line-by-line path.
+    fn take_raw_line(&mut self) {
+        if let Some(start) = self.raw_from.take() {
+            let raw = self.data.split_off(start);
+            // No LF in it ([`DataReader::settle`] took every whole line): the data
+            // cannot end here.
+            let _ = self.consume(&raw);
+        }
     }
 
     /// [`DataReader::feed`] without the indexing.
@@ -239,23 +329,7 @@ impl DataReader {
             return Bulk::Nothing;
         };
         let span = window.get(..=last_lf).unwrap_or_default();
-        // Line-start dots: stuffed ones are dropped, `.` CRLF ends the data.
-        self.dots.clear();
-        let mut end = None;
-        let starts = (span.first() == Some(&b'.'))
-            .then_some(0)
-            .into_iter()
-            .chain(memchr::memmem::find_iter(span, b"\n.").map(|lf| lf + 1));
-        for dot in starts {
-            if span
-                .get(dot..)
-                .is_some_and(|line| line.starts_with(b".\r\n"))
-            {
-                end = Some(dot);
-                break;
-            }
-            self.dots.push(dot);
-        }
+        let end = line_start_dots(span, &mut self.dots);
         let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
         if !crlf_only(lines) {
             return Bulk::Careful(span.len());
@@ -274,6 +348,27 @@ impl DataReader {
             None => Bulk::Took(span.len()),
         }
     }
+}
+
+/// Finds the line-start dots in `span` (whole lines from a line start): the stuffed ones
+/// go to `dots` (emptied first), to be dropped; the offset of a `.` CRLF line, which ends
+/// the data, is returned (dots after it are not looked for).
+fn line_start_dots(span: &[u8], dots: &mut Vec<usize>) -> Option<usize> {
+    dots.clear();
+    let starts = (span.first() == Some(&b'.'))
+        .then_some(0)
+        .into_iter()
+        .chain(memchr::memmem::find_iter(span, b"\n.").map(|lf| lf + 1));
+    for dot in starts {
+        if span
+            .get(dot..)
+            .is_some_and(|line| line.starts_with(b".\r\n"))
+        {
+            return Some(dot);
+        }
+        dots.push(dot);
+    }
+    None
 }
 
 /// What a bulk pass did.
@@ -396,8 +491,66 @@ mod tests {
         }
     }
 
+    /// Delivers `input` as the server does: straight into the message whenever the
+    /// reader offers room for `chunk` bytes and no earlier read is left over, otherwise
+    /// through a read buffer; each read takes at most the next size (cycled).
+    fn direct(input: &[u8], max: usize, chunk: usize, sizes: &[usize]) -> (usize, Option<DataEnd>) {
+        let mut reader = DataReader::new(max);
+        let mut read = 0;
+        let mut buffered: Vec<u8> = Vec::new();
+        let mut sizes = sizes.iter().cycle();
+        loop {
+            let size = *sizes.next().unwrap();
+            let end = if buffered.is_empty()
+                && let Some(mut target) = reader.direct(chunk)
+            {
+                let take = size
+                    .min(bytes::BufMut::remaining_mut(&target))
+                    .min(input.len() - read);
+                if take == 0 {
+                    return (read, None);
+                }
+                bytes::BufMut::put_slice(&mut target, &input[read..read + take]);
+                read += take;
+                reader.settle().map(|(end, after)| {
+                    buffered = after;
+                    end
+                })
+            } else {
+                if buffered.is_empty() {
+                    let take = size.min(input.len() - read);
+                    if take == 0 {
+                        return (read, None);
+                    }
+                    buffered.extend_from_slice(&input[read..read + take]);
+                    read += take;
+                }
+                let (used, end) = reader.feed(&buffered);
+                buffered.drain(..used);
+                end
+            };
+            assert!(reader.data.len() <= max + 8, "memory past the limit");
+            if let Some(DataEnd::Message(message)) = &end {
+                assert_eq!(reader.take_index(), MessageIndex::of(message));
+            }
+            if let Some(end) = end {
+                return (read - buffered.len(), Some(end));
+            }
+        }
+    }
+
     fn check_all_splits(input: &[u8], max: usize) {
         let expected = reference(input, max);
+        for chunk in [1, 2, 5, 64 * 1024] {
+            for sizes in [&[usize::MAX][..], &[1], &[3], &[1, 2, 5, 13]] {
+                assert_eq!(
+                    direct(input, max, chunk, sizes),
+                    expected,
+                    "direct, chunk {chunk}, sizes {sizes:?}, input {:?}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
         for sizes in [
             &[usize::MAX][..],
             &[1],
@@ -510,6 +663,13 @@ mod tests {
                     String::from_utf8_lossy(&input)
                 );
             }
+            let chunk = 1 + (rng(&mut state) % 12) as usize;
+            assert_eq!(
+                direct(&input, max, chunk, &sizes),
+                expected,
+                "direct, max {max}, chunk {chunk}, sizes {sizes:?}, input {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
     }
 
@@ -528,6 +688,7 @@ mod tests {
             let expected = reference(&input, max);
             for sizes in [&[usize::MAX][..], &[65_536], &[1_000, 7, 40_000], &[4097]] {
                 assert_eq!(chunked(&input, max, sizes), expected, "max {max}");
+                assert_eq!(direct(&input, max, 65_536, sizes), expected, "max {max}");
             }
         }
     }

@@ -3,10 +3,14 @@
 //! lead to ([`Filter`] for outgoing and incoming, [`crate::transport::Transport`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -242,6 +246,50 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// The client's side of the connection. A read straight into a message can bring the
+/// commands that follow it (pipelined after the final dot); they are given back here and
+/// read first.
+struct ClientStream {
+    stream: TcpStream,
+    given_back: Vec<u8>,
+}
+
+impl ClientStream {
+    /// Puts `bytes` before anything not yet read.
+    fn give_back(&mut self, bytes: Vec<u8>) {
+        self.given_back.splice(..0, bytes);
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.given_back.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.given_back.len().min(buf.remaining());
+        buf.put_slice(this.given_back.get(..n).unwrap_or_default());
+        this.given_back.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What one step of receiving a message's data came to.
+enum Received {
+    /// The data goes on.
+    More,
+    /// The data ended.
+    End(DataEnd),
+    /// The peer sent nothing for the data timeout.
+    TimedOut,
+    /// The peer closed the connection.
+    Eof,
+}
+
 /// What a connection task does after a step.
 enum Flow {
     /// Read the next command.
@@ -263,7 +311,7 @@ struct Session<'a, H: Handler> {
     /// The mode's hooks.
     handler: &'a H,
     /// The peer; replies are written to the inner stream.
-    reader: BufReader<TcpStream>,
+    reader: BufReader<ClientStream>,
     /// Sender of the current transaction, `None` before MAIL (empty for `<>`).
     sender: Option<String>,
     /// RCPT TO addresses of the current transaction, in order (reinjected in that order).
@@ -283,7 +331,13 @@ async fn handle_connection<H: Handler>(stream: TcpStream, handler: &H) -> std::i
         },
         handler,
         // Megabyte messages arrive in 64 KiB reads rather than 8 KiB ones.
-        reader: BufReader::with_capacity(READ_BUFFER, stream),
+        reader: BufReader::with_capacity(
+            READ_BUFFER,
+            ClientStream {
+                stream,
+                given_back: Vec::new(),
+            },
+        ),
         sender: None,
         recipients: Vec::new(),
         transaction: H::Transaction::default(),
@@ -328,7 +382,7 @@ impl<H: Handler> Session<'_, H> {
         let mut line = Vec::with_capacity(text.len() + 2);
         line.extend_from_slice(text.as_bytes());
         line.extend_from_slice(b"\r\n");
-        let stream = self.reader.get_mut();
+        let stream = &mut self.reader.get_mut().stream;
         stream.write_all(&line).await?;
         stream.flush().await
     }
@@ -418,6 +472,46 @@ impl<H: Handler> Session<'_, H> {
         Ok(Flow::Continue)
     }
 
+    /// Gives `receiver` the next data: what the read buffer holds, or else the next read.
+    /// Only a read that waits for the peer has a timer (RFC 5321 §4.5.3.2.6: per block).
+    async fn receive(&mut self, receiver: &mut DataReader) -> std::io::Result<Received> {
+        let limit = self.filter.limits.data_timeout;
+        // Megabytes arrive straight into the message when the read buffer is empty; what
+        // a read brings past the terminator is given back for the commands.
+        if self.reader.buffer().is_empty()
+            && let Some(mut target) = receiver.direct(READ_BUFFER)
+        {
+            let client = self.reader.get_mut();
+            let Ok(read) = tokio::time::timeout(limit, client.read_buf(&mut target)).await else {
+                return Ok(Received::TimedOut);
+            };
+            if read? == 0 {
+                return Ok(Received::Eof);
+            }
+            return Ok(match receiver.settle() {
+                Some((end, after)) => {
+                    client.give_back(after);
+                    Received::End(end)
+                }
+                None => Received::More,
+            });
+        }
+        let input = if self.reader.buffer().is_empty() {
+            let Ok(read) = tokio::time::timeout(limit, self.reader.fill_buf()).await else {
+                return Ok(Received::TimedOut);
+            };
+            read?
+        } else {
+            self.reader.buffer()
+        };
+        if input.is_empty() {
+            return Ok(Received::Eof);
+        }
+        let (used, end) = receiver.feed(input);
+        self.reader.consume(used);
+        Ok(end.map_or(Received::More, Received::End))
+    }
+
     /// DATA: read the message, hand it to the mode, answer.
     async fn data(&mut self) -> std::io::Result<Flow> {
         let Some(sender) = self.sender.clone() else {
@@ -436,29 +530,17 @@ impl<H: Handler> Session<'_, H> {
         let max = usize::try_from(self.filter.max_message_size).unwrap_or(usize::MAX);
         let mut receiver = DataReader::with_buffer(max, MESSAGE_BUFFERS.take());
         let end = loop {
-            // Only a read that waits for the peer has a timer (RFC 5321 §4.5.3.2.6: per
-            // block); data already buffered is taken at once.
-            let input = if self.reader.buffer().is_empty() {
-                match tokio::time::timeout(self.filter.limits.data_timeout, self.reader.fill_buf())
-                    .await
-                {
-                    Ok(read) => read?,
-                    Err(_) => {
-                        self.reply("421 4.4.2 Timeout, closing connection").await?;
-                        return Ok(Flow::Close);
-                    }
+            match self.receive(&mut receiver).await? {
+                Received::More => {}
+                Received::End(end) => break end,
+                Received::TimedOut => {
+                    self.reply("421 4.4.2 Timeout, closing connection").await?;
+                    return Ok(Flow::Close);
                 }
-            } else {
-                self.reader.buffer()
-            };
-            if input.is_empty() {
-                tracing::warn!("Unexpected EoF while receiving DATA! Closing connection.");
-                return Ok(Flow::Close);
-            }
-            let (used, end) = receiver.feed(input);
-            self.reader.consume(used);
-            if let Some(end) = end {
-                break end;
+                Received::Eof => {
+                    tracing::warn!("Unexpected EoF while receiving DATA! Closing connection.");
+                    return Ok(Flow::Close);
+                }
             }
         };
         if end == DataEnd::BareLf {
