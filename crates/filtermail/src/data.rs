@@ -384,16 +384,29 @@ enum Bulk {
 }
 
 /// Whether CR and LF occur in `lines` (whole lines: not starting within a CRLF, ending
-/// with LF) only as CRLF pairs. One branch-free pass the compiler vectorizes.
+/// with LF) only as CRLF pairs. One branch-free pass the compiler vectorizes, compiled
+/// twice by `pulp` (x86-64 baseline and AVX2) and chosen by what the CPU has.
 fn crlf_only(lines: &[u8]) -> bool {
-    let Some((&first, tail)) = lines.split_first() else {
-        return true;
-    };
-    let irregular = lines
-        .iter()
-        .zip(tail)
-        .fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
-    first != b'\n' && !irregular
+    pulp::Arch::new().dispatch(CrlfOnly(lines))
+}
+
+struct CrlfOnly<'a>(&'a [u8]);
+
+impl pulp::WithSimd for CrlfOnly<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let lines = self.0;
+        let Some((&first, tail)) = lines.split_first() else {
+            return true;
+        };
+        let irregular = lines
+            .iter()
+            .zip(tail)
+            .fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
+        first != b'\n' && !irregular
+    }
 }
 
 /// Makes room for `more` bytes, growing by a quarter instead of doubling: a message just
@@ -670,6 +683,48 @@ mod tests {
                 "direct, max {max}, chunk {chunk}, sizes {sizes:?}, input {:?}",
                 String::from_utf8_lossy(&input)
             );
+        }
+    }
+
+    #[test]
+    fn crlf_test_agrees_with_byte_by_byte_on_every_instruction_set() {
+        use pulp::WithSimd;
+        let naive = |lines: &[u8]| {
+            lines.first() != Some(&b'\n')
+                && lines.iter().enumerate().all(|(i, &b)| match b {
+                    b'\r' => lines.get(i + 1) == Some(&b'\n'),
+                    b'\n' => i > 0 && lines[i - 1] == b'\r',
+                    _ => true,
+                })
+                // The last byte is an LF (whole lines): a CR there has no pair to check.
+                || lines.is_empty()
+        };
+        let alphabet = b"ab.\r\n\r\n";
+        let mut state = 0xc71f_0001_u64;
+        for round in 0..3000 {
+            let len = (rng(&mut state) % 300) as usize;
+            let mut lines: Vec<u8> = (0..len)
+                .map(|_| {
+                    if round % 3 == 0 {
+                        alphabet[(rng(&mut state) % alphabet.len() as u64) as usize]
+                    } else {
+                        b"xyz\r\n"[(rng(&mut state) % 3) as usize]
+                    }
+                })
+                .collect();
+            lines.extend_from_slice(b"\r\n");
+            if round % 3 == 1 {
+                // Regular lines with one stray CR or LF anywhere.
+                let at = (rng(&mut state) as usize) % lines.len();
+                lines[at] = if round % 2 == 0 { b'\r' } else { b'\n' };
+            }
+            let expected = naive(&lines);
+            assert_eq!(crlf_only(&lines), expected, "{lines:?}");
+            assert_eq!(CrlfOnly(&lines).with_simd(pulp::Scalar::new()), expected);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                assert_eq!(pulp::Simd::vectorize(v3, CrlfOnly(&lines)), expected);
+            }
         }
     }
 
