@@ -30,6 +30,9 @@ const MAX_COMMAND_LINE: usize = 4096;
 /// Read buffer per connection.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Most bytes read at once straight into a message.
+const DIRECT_READ: usize = 256 * 1024;
+
 /// Outgoing messages with at most this many bytes that their index does not vouch for
 /// are judged on the runtime's thread.
 const JUDGE_IN_PLACE: usize = 64 * 1024;
@@ -479,7 +482,7 @@ impl<H: Handler> Session<'_, H> {
         // Megabytes arrive straight into the message when the read buffer is empty; what
         // a read brings past the terminator is given back for the commands.
         if self.reader.buffer().is_empty()
-            && let Some(mut target) = receiver.direct(READ_BUFFER)
+            && let Some(mut target) = receiver.direct(DIRECT_READ)
         {
             let client = self.reader.get_mut();
             let Ok(read) = tokio::time::timeout(limit, client.read_buf(&mut target)).await else {
