@@ -29,7 +29,7 @@
 
 use crate::index::MessageIndex;
 
-/// Most bytes a bulk pass hands to [`crlf_only`] at once, so a bad line late in a big
+/// Most bytes a bulk pass hands to [`scan_span`] at once, so a bad line late in a big
 /// read does not make the whole read be scanned twice per good span.
 const BULK_CHUNK: usize = 64 * 1024;
 
@@ -152,9 +152,8 @@ impl DataReader {
         // Only a partial line so far: it waits where it is.
         let last_lf = memchr::memrchr(b'\n', raw)?;
         let span = raw.get(..=last_lf).unwrap_or_default();
-        let end = line_start_dots(span, &mut self.dots);
-        let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
-        if !crlf_only(lines) {
+        let (end, regular) = scan_span(span, &mut self.dots);
+        if !regular {
             let raw = self.data.split_off(start);
             self.raw_from = None;
             let (used, end) = self.feed(&raw);
@@ -329,11 +328,11 @@ impl DataReader {
             return Bulk::Nothing;
         };
         let span = window.get(..=last_lf).unwrap_or_default();
-        let end = line_start_dots(span, &mut self.dots);
-        let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
-        if !crlf_only(lines) {
+        let (end, regular) = scan_span(span, &mut self.dots);
+        if !regular {
             return Bulk::Careful(span.len());
         }
+        let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
         grow(&mut self.data, lines.len());
         let mut start = 0;
         for &dot in &self.dots {
@@ -348,6 +347,21 @@ impl DataReader {
             None => Bulk::Took(span.len()),
         }
     }
+}
+
+/// Scans `span` (whole lines from a line start): where the data ends in it, if it does,
+/// and whether the lines up to there are regular (CR and LF only as CRLF); the stuffed
+/// dots go to `dots`. One pass tells both whether the lines are regular and whether any
+/// begins with a dot; only then are the dots looked for (armor has none).
+fn scan_span(span: &[u8], dots: &mut Vec<usize>) -> (Option<usize>, bool) {
+    let scan = pulp::Arch::new().dispatch(LineScan(span));
+    if !scan.dotted {
+        dots.clear();
+        return (None, scan.regular);
+    }
+    let end = line_start_dots(span, dots);
+    let lines = span.get(..end.unwrap_or(span.len())).unwrap_or_default();
+    (end, crlf_only(lines))
 }
 
 /// Finds the line-start dots in `span` (whole lines from a line start): the stuffed ones
@@ -384,28 +398,65 @@ enum Bulk {
 }
 
 /// Whether CR and LF occur in `lines` (whole lines: not starting within a CRLF, ending
-/// with LF) only as CRLF pairs. One branch-free pass the compiler vectorizes, compiled
-/// twice by `pulp` (x86-64 baseline and AVX2) and chosen by what the CPU has.
+/// with LF) only as CRLF pairs.
 fn crlf_only(lines: &[u8]) -> bool {
-    pulp::Arch::new().dispatch(CrlfOnly(lines))
+    pulp::Arch::new().dispatch(LineScan(lines)).regular
 }
 
-struct CrlfOnly<'a>(&'a [u8]);
+/// What one pass over whole lines found.
+#[derive(Debug, PartialEq, Eq)]
+struct Scanned {
+    /// CR and LF only as CRLF pairs.
+    regular: bool,
+    /// Some line begins with a dot.
+    dotted: bool,
+}
 
-impl pulp::WithSimd for CrlfOnly<'_> {
-    type Output = bool;
+/// The pass behind [`Scanned`]: branch-free over pairs of neighbouring bytes, which the
+/// compiler vectorizes; `pulp` compiles it for the x86-64 baseline and for AVX2 and
+/// picks by what the CPU has.
+struct LineScan<'a>(&'a [u8]);
 
+impl pulp::WithSimd for LineScan<'_> {
+    type Output = Scanned;
+
+    // Inlined into pulp's functions compiled for each instruction set.
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+    fn with_simd<S: pulp::Simd>(self, _: S) -> Scanned {
         let lines = self.0;
         let Some((&first, tail)) = lines.split_first() else {
-            return true;
+            return Scanned {
+                regular: true,
+                dotted: false,
+            };
         };
-        let irregular = lines
+        // A flag per lane, looked at once at the end: a fold into one flag would not
+        // vectorize.
+        const LANES: usize = 32;
+        let mut bad = [false; LANES];
+        let mut dot = [false; LANES];
+        for (here, next) in lines.chunks_exact(LANES).zip(tail.chunks_exact(LANES)) {
+            for (((bad, dot), &a), &b) in bad.iter_mut().zip(&mut dot).zip(here).zip(next) {
+                *bad |= (a == b'\r') != (b == b'\n');
+                *dot |= (a == b'\n') & (b == b'.');
+            }
+        }
+        let mut irregular = bad.contains(&true);
+        let mut dotted = dot.contains(&true);
+        let done = tail.len() / LANES * LANES;
+        let (here, next) = (lines.get(done..), tail.get(done..));
+        for (&a, &b) in here
+            .unwrap_or_default()
             .iter()
-            .zip(tail)
-            .fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
-        first != b'\n' && !irregular
+            .zip(next.unwrap_or_default())
+        {
+            irregular |= (a == b'\r') != (b == b'\n');
+            dotted |= (a == b'\n') & (b == b'.');
+        }
+        Scanned {
+            regular: first != b'\n' && !irregular,
+            dotted: dotted || first == b'.',
+        }
     }
 }
 
@@ -687,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn crlf_test_agrees_with_byte_by_byte_on_every_instruction_set() {
+    fn line_scan_agrees_with_byte_by_byte_on_every_instruction_set() {
         use pulp::WithSimd;
         let naive = |lines: &[u8]| {
             lines.first() != Some(&b'\n')
@@ -718,12 +769,15 @@ mod tests {
                 let at = (rng(&mut state) as usize) % lines.len();
                 lines[at] = if round % 2 == 0 { b'\r' } else { b'\n' };
             }
-            let expected = naive(&lines);
-            assert_eq!(crlf_only(&lines), expected, "{lines:?}");
-            assert_eq!(CrlfOnly(&lines).with_simd(pulp::Scalar::new()), expected);
+            let expected = Scanned {
+                regular: naive(&lines),
+                dotted: lines.first() == Some(&b'.') || lines.windows(2).any(|w| w == b"\n."),
+            };
+            assert_eq!(crlf_only(&lines), expected.regular, "{lines:?}");
+            assert_eq!(LineScan(&lines).with_simd(pulp::Scalar::new()), expected);
             #[cfg(target_arch = "x86_64")]
             if let Some(v3) = pulp::x86::V3::try_new() {
-                assert_eq!(pulp::Simd::vectorize(v3, CrlfOnly(&lines)), expected);
+                assert_eq!(pulp::Simd::vectorize(v3, LineScan(&lines)), expected);
             }
         }
     }
