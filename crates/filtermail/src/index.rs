@@ -219,12 +219,17 @@ impl<'a> Indexed<'a> {
         }
     }
 
-    /// No index: every slice is read.
-    pub fn none() -> Indexed<'static> {
+    /// `message` without an index: every slice of it is read.
+    pub fn unindexed(message: &'a [u8]) -> Indexed<'a> {
         Indexed {
-            message: &[],
+            message,
             index: None,
         }
+    }
+
+    /// The whole message.
+    pub fn message(&self) -> &'a [u8] {
+        self.message
     }
 
     /// Where `part` starts in the message, if it is a slice of it.
@@ -498,7 +503,7 @@ mod tests {
             indexed.pages_within(&copy).is_none(),
             "not a slice of the message"
         );
-        assert!(Indexed::none().pages_within(&text).is_none());
+        assert!(Indexed::unindexed(&text).pages_within(&text).is_none());
     }
 
     /// The searches agree with reading everything, wherever the matches and the impure

@@ -36,7 +36,7 @@ impl<'a> Part<'a> {
     /// Parses a whole message. Never fails: like upstream's lenient parser, anything is a
     /// message, at worst one without headers.
     pub fn parse(message: &'a [u8]) -> Part<'a> {
-        parse_entity(message, 0, Indexed::none())
+        parse_entity(message, 0, Indexed::unindexed(message))
     }
 
     /// [`Part::parse`] of an indexed message: delimiter lines are searched for only
@@ -405,7 +405,7 @@ mod tests {
                 })
                 .collect();
             assert_eq!(
-                split_multipart(&body, b"b", Indexed::none()),
+                split_multipart(&body, b"b", Indexed::unindexed(&body)),
                 split_multipart_line_by_line(&body, b"b"),
                 "{:?}",
                 String::from_utf8_lossy(&body)

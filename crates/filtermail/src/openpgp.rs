@@ -19,7 +19,7 @@ const TAG_SEIPD: u8 = 18;
 
 /// Whether an armored `PGP MESSAGE` holds only an encrypted message (filtermail.md §6.2).
 pub fn check_armored_payload(payload: &[u8], direction: Direction) -> bool {
-    check_armored_payload_indexed(payload, direction, Indexed::none())
+    check_armored_payload_indexed(payload, direction, Indexed::unindexed(payload))
 }
 
 /// [`check_armored_payload`] for a payload that may lie in an indexed message: the
@@ -580,7 +580,9 @@ mod tests {
 
     /// The new path alone (the fallback for irregular lines is the old one).
     fn on_demand(text: &[u8]) -> Option<bool> {
-        match Lines::regular(text, Indexed::none()).map(|lines| lines.decoded(Indexed::none())) {
+        match Lines::regular(text, Indexed::unindexed(text))
+            .map(|lines| lines.decoded(Indexed::unindexed(text)))
+        {
             Some(Base64::Valid(decoded)) => Some(walk(&decoded)),
             Some(Base64::Invalid) => Some(false),
             Some(Base64::Irregular) | None => None,
@@ -735,7 +737,7 @@ mod tests {
             let indexed = Indexed::new(&message, &index);
             let in_message = &message[lead..lead + payload.len()];
             let body = &message[lead + BEGIN.len()..lead + BEGIN.len() + text.len()];
-            let plain = Lines::regular(&text, Indexed::none()).is_some();
+            let plain = Lines::regular(&text, Indexed::unindexed(&text)).is_some();
             assert_eq!(
                 Lines::regular(body, indexed).is_some(),
                 plain,

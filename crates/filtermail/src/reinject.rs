@@ -179,7 +179,7 @@ pub async fn reinject(
     recipients: &[String],
     data: &[u8],
 ) -> Result<(), ReinjectError> {
-    reinject_indexed(target, sender, recipients, data, Indexed::none()).await
+    reinject_indexed(target, sender, recipients, Indexed::unindexed(data)).await
 }
 
 /// [`reinject`] of a message with its index: 8-bit data and line-start dots are looked
@@ -188,10 +188,8 @@ pub async fn reinject_indexed(
     target: &ReinjectTarget,
     sender: &str,
     recipients: &[String],
-    data: &[u8],
-    indexed: Indexed<'_>,
+    message: Indexed<'_>,
 ) -> Result<(), ReinjectError> {
-    let message = Message { data, indexed };
     if let Some(client) = target.pool.take() {
         match transaction(client, sender, recipients, message, true).await {
             Ok(client) => {
@@ -213,13 +211,6 @@ pub async fn reinject_indexed(
         }
         Err(Failed::Stale(err) | Failed::Final(err)) => Err(err),
     }
-}
-
-/// A message to send: its bytes, and the message they lie in with its index.
-#[derive(Clone, Copy)]
-struct Message<'a> {
-    data: &'a [u8],
-    indexed: Indexed<'a>,
 }
 
 /// How a transaction failed.
@@ -256,10 +247,10 @@ async fn transaction(
     mut client: Client,
     sender: &str,
     recipients: &[String],
-    message: Message<'_>,
+    message: Indexed<'_>,
     reused: bool,
 ) -> Result<Client, Failed> {
-    let eight_bit = client.eight_bit_mime && !message.indexed.is_ascii(message.data);
+    let eight_bit = client.eight_bit_mime && !message.is_ascii(message.message());
     let body = if eight_bit { " BODY=8BITMIME" } else { "" };
     let mail = format!("MAIL FROM:<{sender}>{body}\r\n");
     let mut commands = Vec::with_capacity(1 + recipients.len() + 1);
@@ -439,10 +430,7 @@ async fn connect(target: &ReinjectTarget) -> Result<TcpStream, ReinjectError> {
 /// The wire form of a message: leading dots doubled, a final CRLF if missing, and the
 /// `.` terminator line.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let (pieces, end) = wire_pieces(Message {
-        data,
-        indexed: Indexed::none(),
-    });
+    let (pieces, end) = wire_pieces(Indexed::unindexed(data));
     let mut out = Vec::with_capacity(data.len() + pieces.len() + end.len());
     for piece in pieces {
         out.extend_from_slice(piece);
@@ -454,14 +442,14 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 /// The wire form of `data` without copying it: slices of `data` whose concatenation is the
 /// dot-stuffed message ([`stuffed_pieces_at`]), then the terminator (with the CRLF the data
 /// may lack).
-fn wire_pieces(message: Message<'_>) -> (Vec<&[u8]>, &'static [u8]) {
-    let data = message.data;
+fn wire_pieces(message: Indexed<'_>) -> (Vec<&[u8]>, &'static [u8]) {
+    let data = message.message();
     let end: &[u8] = if data.is_empty() || data.ends_with(b"\r\n") {
         b".\r\n"
     } else {
         b"\r\n.\r\n"
     };
-    let lf_dots = message.indexed.find_all(data, b"\n.");
+    let lf_dots = message.find_all(data, b"\n.");
     (stuffed_pieces_at(data, lf_dots), end)
 }
 
@@ -491,7 +479,7 @@ impl Client {
     /// Sends the message data in its wire form, written from where it lies (its slices
     /// and the terminator gathered by `writev`): a small message and its terminator are
     /// one write, and nothing is copied.
-    async fn send_message(&mut self, message: Message<'_>) -> Result<(), Fail> {
+    async fn send_message(&mut self, message: Indexed<'_>) -> Result<(), Fail> {
         let (mut pieces, end) = wire_pieces(message);
         pieces.push(end);
         let write = write_all_gathered(self.stream.get_mut(), &pieces);

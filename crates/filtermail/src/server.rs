@@ -699,16 +699,8 @@ impl Filter {
         } else {
             envelope.sender.as_str()
         };
-        let indexed = Indexed::new(&data.buffer, &index);
-        match reinject_indexed(
-            &self.reinject,
-            sender,
-            &verdict.recipients,
-            &data.buffer,
-            indexed,
-        )
-        .await
-        {
+        let message = Indexed::new(&data.buffer, &index);
+        match reinject_indexed(&self.reinject, sender, &verdict.recipients, message).await {
             Ok(()) => "250 OK".to_owned(),
             Err(err) => {
                 tracing::warn!("Failed to reinject mail: {err}");
