@@ -113,16 +113,17 @@ fn page_facts(page: &[u8]) -> Page {
     facts
 }
 
-/// Whether `page` holds only base64 characters and line breaks, and its CRs and LFs.
+/// Whether `page` (any length) holds only base64 characters and line breaks, and its CRs
+/// and LFs.
 ///
 /// Written lane by lane over 32-byte blocks, with a counter per lane that is summed only
 /// every 128 blocks (before it could overflow) and a "bad byte seen" flag per lane that
-/// is looked at once per page: the compiler turns each block into a handful of vector
+/// is looked at once at the end: the compiler turns each block into a handful of vector
 /// instructions, without the per-block sums a byte-by-byte loop needs. `pulp` compiles it
 /// twice, for the x86-64 baseline (SSE2, two registers per block) and for AVX2 (one), and
 /// picks by what the CPU has: in the cache, 1 MiB of armor takes about 120 µs with SSE2
 /// and 47 µs with AVX2, against about 145 µs byte by byte.
-fn classify(page: &[u8]) -> (bool, usize, usize) {
+pub(crate) fn classify(page: &[u8]) -> (bool, usize, usize) {
     pulp::Arch::new().dispatch(Classify(page))
 }
 

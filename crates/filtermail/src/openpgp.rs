@@ -292,23 +292,10 @@ fn scan_indexed(text: &[u8], indexed: Indexed<'_>) -> (bool, usize) {
 }
 
 /// Whether every byte is a base64 character (without '='), CR or LF, and how many CR
-/// and LF there are. Branch-free over blocks, so the compiler vectorizes it.
+/// and LF there are: the classification of the message's pages, on any text.
 fn scan(text: &[u8]) -> (bool, usize) {
-    let mut alphabet_only = true;
-    let mut breaks = 0usize;
-    for block in text.chunks(64) {
-        let mut bad = false;
-        let mut count = 0u8;
-        for &b in block {
-            let line_break = b == b'\r' || b == b'\n';
-            let base64 = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
-            bad |= !(base64 || line_break);
-            count += u8::from(line_break);
-        }
-        alphabet_only &= !bad;
-        breaks += usize::from(count);
-    }
-    (alphabet_only, breaks)
+    let (alphabet_only, crs, lfs) = crate::index::classify(text);
+    (alphabet_only, crs + lfs)
 }
 
 /// The decoded bytes of validated [`Lines`], each decoded when read.
