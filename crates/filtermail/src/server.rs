@@ -333,7 +333,8 @@ async fn handle_connection<H: Handler>(stream: TcpStream, handler: &H) -> std::i
             max_message_size: handler.max_message_size(),
         },
         handler,
-        // Megabyte messages arrive in 64 KiB reads rather than 8 KiB ones.
+        // Commands, and message data while bytes are buffered, in 64 KiB reads rather
+        // than 8 KiB ones; most message data is read straight into the message.
         reader: BufReader::with_capacity(
             READ_BUFFER,
             ClientStream {
